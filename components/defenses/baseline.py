@@ -1,0 +1,34 @@
+"""The undefended baseline: protect = identity, embed = the baseline FR backbone,
+template = L2-normalised features. Every defense is measured against it."""
+
+from __future__ import annotations
+
+import copy
+
+from components.defenses.base import DefenseContext, ProtectedSystem
+from components.models.fr_model import build_fr_model
+
+
+class BaselineSystem(ProtectedSystem):
+    defense = "baseline"
+
+    def __init__(self, backbone, fr_spec: dict):
+        super().__init__()
+        self.backbone = backbone
+        self.fr_spec = fr_spec
+
+    def embed(self, representation):
+        return self.backbone(representation)
+
+    def config(self) -> dict:
+        return {"fr_spec": self.fr_spec}
+
+
+class BaselineDefense:
+    name = "baseline"
+
+    def build(self, ctx: DefenseContext) -> BaselineSystem:
+        return BaselineSystem(copy.deepcopy(ctx.baseline.backbone).eval(), ctx.baseline.spec)
+
+    def rebuild(self, config: dict) -> BaselineSystem:
+        return BaselineSystem(build_fr_model(config["fr_spec"]).backbone.eval(), config["fr_spec"])

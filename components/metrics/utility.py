@@ -1,0 +1,69 @@
+"""Utility of a defended system: verification on the clean test pairs and rank-1
+identification, always through template(embed(protect(x))) with flip-averaging."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from components.metrics.embeddings import extract_features
+from components.metrics.verification import evaluate_pairs, rank1
+
+
+@dataclass
+class SplitTemplates:
+    """Templates of one split: `templates[i]` belongs to manifest index `rows[i]`."""
+
+    rows: np.ndarray
+    templates: np.ndarray
+
+    def local(self, pairs: pd.DataFrame) -> pd.DataFrame:
+        """`pairs` with a, b re-indexed into `templates`."""
+        pos = pd.Series(np.arange(len(self.rows)), index=self.rows)
+        missing = ~pairs["a"].isin(pos.index) | ~pairs["b"].isin(pos.index)
+        if missing.any():
+            raise ValueError(f"{int(missing.sum())} pair(s) refer to images outside the split")
+        return pairs.assign(a=pos[pairs["a"]].to_numpy(), b=pos[pairs["b"]].to_numpy())
+
+
+def split_templates(fn, images: np.ndarray, manifest: pd.DataFrame, split: str,
+                    device: torch.device | str = "cpu", batch_size: int = 256) -> SplitTemplates:
+    rows = manifest.loc[manifest["split"] == split, "index"].to_numpy()
+    if len(rows) == 0:
+        raise ValueError(f"split {split!r} has no images")
+    feats = extract_features(fn, images[rows], batch_size=batch_size, flip=True, device=device)
+    return SplitTemplates(rows=rows, templates=feats)
+
+
+def rank1_of_split(st: SplitTemplates, manifest: pd.DataFrame) -> float:
+    """Rank-1 identification: the first image of each identity is its gallery entry."""
+    identity = manifest.set_index("index").loc[st.rows, "identity"].to_numpy()
+    first = np.zeros(len(identity), dtype=bool)
+    first[np.unique(identity, return_index=True)[1]] = True
+    return rank1(st.templates[first], identity[first], st.templates[~first], identity[~first])
+
+
+def evaluate_system(fn, images: np.ndarray, manifest: pd.DataFrame, pairs: pd.DataFrame,
+                    device: torch.device | str = "cpu") -> tuple[dict, SplitTemplates]:
+    """The utility block of metrics.json for a system (`fn` maps a [-1, 1] image batch to
+    templates), and the test templates it was computed from."""
+    st = split_templates(fn, images, manifest, "test", device=device)
+    utility = evaluate_pairs(st.templates, st.local(pairs))
+    utility["rank1"] = rank1_of_split(st, manifest)
+    return utility, st
+
+
+def pair_scores(st: SplitTemplates, pairs: pd.DataFrame) -> np.ndarray:
+    """Cosine similarity of each pair (for ROC plots)."""
+    local = st.local(pairs)
+    t = st.templates / np.maximum(np.linalg.norm(st.templates, axis=1, keepdims=True), 1e-12)
+    return np.sum(t[local["a"].to_numpy()] * t[local["b"].to_numpy()], axis=1)
+
+
+def embedding_spread(st: SplitTemplates) -> float:
+    """Mean per-dimension std of the L2-normalised templates: near 0 means a collapsed model."""
+    t = st.templates / np.maximum(np.linalg.norm(st.templates, axis=1, keepdims=True), 1e-12)
+    return float(t.std(axis=0).mean())

@@ -1,0 +1,64 @@
+"""reports/report.html: one self-contained page (figures inlined) with the per-defense
+table, attack results and the figures, for people who would rather look than read."""
+
+from __future__ import annotations
+
+import base64
+import os
+import tempfile
+from pathlib import Path
+
+from jinja2 import Environment, select_autoescape
+
+from components.reporting.metrics_file import summary_rows
+
+TEMPLATE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>privface report: {{ dataset.name }}</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px}
+table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+.na{color:#999}figure{display:inline-block;margin:0 1em 1em 0}figcaption{font-size:90%;color:#444}
+</style></head><body>
+<h1>privface: privacy-utility report</h1>
+<p>Dataset <b>{{ dataset.name }}</b> (version {{ dataset.version }}): {{ dataset.identities }} identities,
+{{ dataset.images }} images. Profile <b>{{ profile }}</b>.</p>
+<h2>Utility and scores</h2>
+<table><tr>{% for c in columns %}<th>{{ c }}</th>{% endfor %}</tr>
+{% for r in rows %}<tr>{% for c in columns %}<td>{% if r[c] is none %}<span class="na">n/a</span>{% elif r[c] is number %}{{ "%.4f"|format(r[c]) if r[c] is float else r[c] }}{% else %}{{ r[c] }}{% endif %}</td>{% endfor %}</tr>
+{% endfor %}</table>
+<p>Privacy and overall scores appear once attacks have been measured against a defense
+(n/a: nothing measured, nothing invented).</p>
+<h2>Attacks</h2>
+{% for name, d in defenses.items() %}<h3>{{ name }}</h3>
+{% if d.params %}<p>Operating point: {{ d.params }}</p>{% endif %}
+{% if d.attacks %}<table><tr><th>attack</th><th>measures</th></tr>
+{% for a, m in d.attacks.items() %}<tr><td>{{ a }}</td><td style="text-align:left">{{ m }}</td></tr>{% endfor %}</table>
+{% else %}<p class="na">No attack has been run against this defense yet.</p>{% endif %}
+{% if d.not_applicable %}<p>Not applicable: {{ d.not_applicable }}</p>{% endif %}
+{% if d.mlflow %}<p>MLflow: run {{ d.mlflow.run_id }}, model {{ d.mlflow.model_uri }}, version {{ d.mlflow.model_version }}</p>{% endif %}
+{% endfor %}
+<h2>Figures</h2>
+{% for caption, data in figures %}<figure><img src="data:image/png;base64,{{ data }}" alt="{{ caption }}"><figcaption>{{ caption }}</figcaption></figure>
+{% endfor %}
+</body></html>
+"""
+
+
+def render_report(metrics: dict, figures: dict[str, str | Path], path: str | Path,
+                  profile: str = "") -> Path:
+    """Write report.html; `figures` maps a caption to a PNG file (inlined)."""
+    env = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
+    rows = summary_rows(metrics)
+    columns = list(rows[0].keys()) if rows else []
+    inlined = [(cap, base64.b64encode(Path(p).read_bytes()).decode()) for cap, p in figures.items()]
+    html = env.from_string(TEMPLATE).render(
+        dataset=metrics["dataset"], defenses=metrics["defenses"], rows=rows, columns=columns,
+        figures=inlined, profile=profile)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".report.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(html)
+    os.replace(tmp, path)
+    return path

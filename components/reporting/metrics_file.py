@@ -1,0 +1,83 @@
+"""reports/metrics.json: assembled from per-defense results, written atomically."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from components.reporting.scores import compute_scores
+
+UTILITY_KEYS = ("verification_accuracy", "verification_std", "tar_at_far_1e-3", "eer", "rank1")
+
+
+def _finite(obj, where="metrics"):
+    """Refuse NaN/inf anywhere: a metric that was not measured is absent, not NaN."""
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _finite(v, f"{where}.{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _finite(v, f"{where}[{i}]")
+    elif isinstance(obj, float) and not math.isfinite(obj):
+        raise ValueError(f"{where} is {obj}; metrics must be finite")
+
+
+def build_metrics(dataset: dict, results: dict[str, dict], baseline: str = "baseline") -> dict:
+    """`results[defense]` holds "params", "utility", "attacks" (possibly empty) and
+    "mlflow"; scores are computed here, relative to the baseline's accuracy."""
+    if baseline not in results:
+        raise ValueError(f"the {baseline!r} defense is needed to normalise utility scores")
+    base_acc = results[baseline]["utility"]["verification_accuracy"]
+    defenses = {}
+    for name, r in results.items():
+        missing = [k for k in UTILITY_KEYS if k not in r["utility"]]
+        if missing:
+            raise ValueError(f"defense {name!r}: utility lacks {missing}")
+        entry = {
+            "params": dict(r.get("params", {})),
+            "utility": {k: float(r["utility"][k]) for k in UTILITY_KEYS},
+            "attacks": dict(r.get("attacks", {})),
+            "scores": compute_scores(r.get("attacks", {}), r["utility"]["verification_accuracy"], base_acc),
+            "mlflow": dict(r.get("mlflow", {})),
+        }
+        if r.get("not_applicable"):
+            entry["not_applicable"] = dict(r["not_applicable"])
+        defenses[name] = entry
+    metrics = {"dataset": dict(dataset), "defenses": defenses}
+    _finite(metrics)
+    return metrics
+
+
+def write_json(obj: dict, path: str | Path) -> Path:
+    """Atomic JSON write: a crash never leaves a half-written metrics file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True)
+        fh.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+def summary_rows(metrics: dict) -> list[dict]:
+    """One flat row per defense for tables (CLI, README, report)."""
+    rows = []
+    for name, d in metrics["defenses"].items():
+        u, s = d["utility"], d["scores"]
+        rows.append({
+            "defense": name,
+            "accuracy": u["verification_accuracy"],
+            "std": u["verification_std"],
+            "tar@far=1e-3": u["tar_at_far_1e-3"],
+            "eer": u["eer"],
+            "rank1": u["rank1"],
+            "privacy": s.get("privacy"),
+            "utility": s["utility"],
+            "overall": s.get("overall"),
+            "attacks": len(d["attacks"]),
+        })
+    return rows

@@ -1,0 +1,1 @@
+"""Assets by concern: data, models (training and defended systems), attacks, report."""

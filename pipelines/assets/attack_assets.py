@@ -1,0 +1,65 @@
+"""The attack battery against one defended system (partition): every registered attack
+that applies runs, logs its parameters, strength and measures to MLflow; the others are
+recorded with the reason they do not apply."""
+
+
+import dagster as dg
+import mlflow
+
+from components.attacks import ATTACKS, AttackContext
+from components.data.ingest import FaceDataset
+from components.defenses import load_system
+from components.models.fr_model import from_bundle
+from pipelines.assets.model_assets import defense_partitions
+from pipelines.resources import ComputeResource, MLflowResource, PrivfaceSettings
+from pipelines.tracking import log_params
+
+
+@dg.asset(group_name="attacks", pool="gpu", partitions_def=defense_partitions, kinds={"pytorch", "mlflow"},
+          description="Privacy attacks (template inversion, representation recovery, model inversion, "
+                      "membership and attribute inference) against one defended system.")
+def attack_results(context: dg.AssetExecutionContext, settings: PrivfaceSettings, compute: ComputeResource,
+                   mlflow_tracking: MLflowResource, protected_system: dict, face_dataset: FaceDataset,
+                   dataset_splits: dict, evaluation_fr_model: dict) -> dict:
+    name = context.partition_key
+    params = settings.params()
+    system = load_system(protected_system)
+    evaluation = from_bundle(evaluation_fr_model)
+    measures, strengths, not_applicable = {}, {}, {}
+    with mlflow_tracking.run(context, "attack_results", tags={"defense": name}):
+        for attack_name, attack in ATTACKS.items():
+            reason = attack.applies_to(system)
+            if reason:
+                not_applicable[attack_name] = reason
+                continue
+            ctx = AttackContext(defense=name, system=system, images=face_dataset.images,
+                                manifest=dataset_splits["manifest"], pairs=dataset_splits["pairs"],
+                                evaluation=evaluation, params=params.get("attacks", {}).get(attack_name, {}),
+                                device=compute.device(),
+                                workdir=settings.workdir() / "attacks" / name / attack_name,
+                                seed=params["seed"], progress=settings.progress)
+            result = attack.run(ctx)
+            measures[attack_name] = result.measures
+            strengths[attack_name] = result.strength
+            log_params(result.strength, prefix=f"{attack_name}.")
+            mlflow.log_metrics(_flat_metrics(result.measures, f"{attack_name}."))
+            for label, path in result.artifacts.items():
+                mlflow.log_artifact(str(path), artifact_path=f"attacks/{attack_name}")
+        mlflow.set_tags({f"not_applicable.{k}": v for k, v in not_applicable.items()})
+    context.add_output_metadata({
+        "attacks_run": len(measures),
+        "attacks_registered": len(ATTACKS),
+        "measures": dg.MetadataValue.json(measures),
+        "not_applicable": dg.MetadataValue.json(not_applicable),
+    })
+    return {"attacks": measures, "strength": strengths, "not_applicable": not_applicable}
+
+
+def _flat_metrics(d: dict, prefix: str) -> dict[str, float]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat_metrics(v, f"{prefix}{k}."))
+        elif isinstance(v, (int, float)):
+            out[f"{prefix}{k}".replace("@", "_at_")] = float(v)
+    return out

@@ -1,0 +1,130 @@
+"""Model assets: the baseline FR model, the independent evaluation model, and one
+defended system per defense partition. Each trains through `components`, tracks its
+MLflow run, and returns a pickle-free bundle."""
+
+
+import hashlib
+import json
+import shutil
+
+import dagster as dg
+import mlflow
+import numpy as np
+
+from components.data.ingest import FaceDataset
+from components.data.views import split_view
+from components.defenses import DEFENSES, DefenseContext, get_defense, system_bundle
+from components.metrics.embeddings import to_model_tensor
+from components.metrics.plots import roc_plot
+from components.metrics.utility import evaluate_system, pair_scores
+from components.models.fr_model import FRModel, from_bundle, make_spec, to_bundle, train_fr_model
+from pipelines.resources import ComputeResource, MLflowResource, PrivfaceSettings, content_hash
+from pipelines.tracking import epoch_logger, log_params, log_system_model
+
+defense_partitions = dg.StaticPartitionsDefinition(list(DEFENSES))
+
+
+class TrainingConfig(dg.Config):
+    force_retrain: bool = False   # drop the finished checkpoint and train again
+
+
+def _fingerprint(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _train_fr(context, settings: PrivfaceSettings, compute: ComputeResource, mlflow_res: MLflowResource,
+              config: TrainingConfig, ds: FaceDataset, splits: dict, block: str) -> dict:
+    """Train the FR model described by params[block] on the private train split."""
+    params = settings.params()
+    manifest, pairs = splits["manifest"], splits["pairs"]
+    images, labels, _ = split_view(ds.images, manifest, "train")
+    spec = make_spec(params[block]["backbone"], params[block]["head"], num_classes=int(labels.max()) + 1,
+                     input_size=params["data"]["image_size"])
+    train = params[block]["train"]
+    ckpt = settings.workdir() / "checkpoints" / block / _fingerprint(ds.version, spec, train)
+    if config.force_retrain and ckpt.exists():
+        shutil.rmtree(ckpt)
+    device = compute.device()
+    with mlflow_res.run(context, block, tags={"data_version": ds.version}) as run:
+        log_params({"spec": spec, "train": train, "train_images": len(images)})
+        model = train_fr_model(images, labels, spec, train, device=device, checkpoint_dir=ckpt,
+                               on_epoch_end=epoch_logger("train_"), progress=settings.progress)
+        utility, templates = evaluate_system(lambda x: model.backbone(x), ds.images, manifest, pairs,
+                                             device=device)
+        mlflow.log_metrics({f"test_{k}": v for k, v in utility.items()})
+    context.add_output_metadata({
+        **{k: dg.MetadataValue.float(float(v)) for k, v in utility.items()},
+        "epochs": len(model.history),
+        "final_train_acc": float(model.history[-1]["train_acc"]) if model.history else 0.0,
+        "device": str(device),
+        "mlflow_run_id": run.info.run_id,
+        "checkpoint": str(ckpt),
+    })
+    return to_bundle(model)
+
+
+@dg.asset(group_name="models", pool="gpu", kinds={"pytorch", "mlflow"},
+          description="The undefended FR model (ArcFace head) trained on the private train identities.")
+def baseline_fr_model(context: dg.AssetExecutionContext, config: TrainingConfig, settings: PrivfaceSettings,
+                      compute: ComputeResource, mlflow_tracking: MLflowResource,
+                      face_dataset: FaceDataset, dataset_splits: dict) -> dict:
+    return _train_fr(context, settings, compute, mlflow_tracking, config, face_dataset, dataset_splits, "baseline")
+
+
+@dg.asset(group_name="models", pool="gpu", kinds={"pytorch", "mlflow"},
+          description="An independent FR model (other seed and architecture) that judges attacks.")
+def evaluation_fr_model(context: dg.AssetExecutionContext, config: TrainingConfig, settings: PrivfaceSettings,
+                        compute: ComputeResource, mlflow_tracking: MLflowResource,
+                        face_dataset: FaceDataset, dataset_splits: dict) -> dict:
+    return _train_fr(context, settings, compute, mlflow_tracking, config, face_dataset, dataset_splits, "evaluation")
+
+
+@dg.asset(group_name="defenses", pool="gpu", partitions_def=defense_partitions, kinds={"pytorch", "mlflow"},
+          description="One defended FR system per defense: protect / embed / template, its utility, "
+                      "its MLflow run and registered model version.")
+def protected_system(context: dg.AssetExecutionContext, settings: PrivfaceSettings, compute: ComputeResource,
+                     mlflow_tracking: MLflowResource, face_dataset: FaceDataset, dataset_splits: dict,
+                     baseline_fr_model: dict) -> dict:
+    name = context.partition_key
+    params = settings.params()
+    defense = get_defense(name)
+    manifest, pairs = dataset_splits["manifest"], dataset_splits["pairs"]
+    train_x, train_y, _ = split_view(face_dataset.images, manifest, "train")
+    public_x, public_y, _ = split_view(face_dataset.images, manifest, "public")
+    baseline: FRModel = from_bundle(baseline_fr_model)
+    device = compute.device()
+    ckpt = settings.workdir() / "checkpoints" / "defenses" / name / _fingerprint(
+        face_dataset.version, baseline_fr_model["spec"], params.get(name, {}))
+    with mlflow_tracking.run(context, "protected_system", tags={"defense": name,
+                                                               "data_version": face_dataset.version}) as run:
+        ctx = DefenseContext(params=params.get(name, {}), train_images=train_x, train_labels=train_y,
+                             public_images=public_x, public_labels=public_y, baseline=baseline,
+                             device=device, checkpoint_dir=ckpt, on_epoch_end=epoch_logger(f"{name}_"),
+                             progress=settings.progress, seed=params["seed"])
+        system = defense.build(ctx).to("cpu").eval()
+        log_params({"defense": name, "operating_point": system.operating_point(), "params": params.get(name, {})})
+        utility, templates = evaluate_system(system, face_dataset.images, manifest, pairs, device="cpu")
+        mlflow.log_metrics(utility)
+        scores = pair_scores(templates, pairs)
+        roc_file = settings.workdir() / "figures" / f"roc_{name}.png"
+        roc_plot({name: (scores, pairs["label"].to_numpy())}, roc_file, title=f"ROC: {name}")
+        mlflow.log_artifact(str(roc_file), artifact_path="figures")
+        bundle = system_bundle(system)
+        example = to_model_tensor(face_dataset.images[manifest["index"].to_numpy()[:4]]).numpy()
+        model_uri = log_system_model(bundle, example)
+        digest = content_hash(bundle["state"])
+        registered = f"{params['mlflow']['registered_model_prefix']}-{name}"
+        version = mlflow_tracking.register(registered, model_uri, run.info.run_id, digest,
+                                           tags={"defense": name, "data_version": face_dataset.version})
+        mlflow.set_tags({"registered_model": registered, "model_version": version})
+    context.add_output_metadata({
+        **{k: dg.MetadataValue.float(float(v)) for k, v in utility.items()},
+        "operating_point": dg.MetadataValue.json(system.operating_point()),
+        "registered_model": registered,
+        "model_version": version,
+        "mlflow_run_id": run.info.run_id,
+    })
+    return {**bundle, "utility": utility,
+            "pair_scores": scores.astype(np.float32).tolist(),
+            "mlflow": {"run_id": run.info.run_id, "model_uri": model_uri, "model_version": str(version),
+                       "registered_model": registered}}

@@ -1,0 +1,143 @@
+"""The `privface` command: the pipeline without the UI, through real Dagster runs on a
+persistent instance (DAGSTER_HOME, default ./dagster_home), so the UI shows them too.
+
+  privface run --profile demo [--data-dir DIR] [--defenses a,b] [--device auto]
+  privface generate --profile demo     # write the synthetic dataset if it is missing
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from pipelines import telemetry  # noqa: F401
+
+from pipelines.resources import PROJECT_ROOT  # noqa: E402
+
+DAGSTER_YAML = """# privface Dagster instance: no telemetry; one training step at a time in the gpu pool
+telemetry:
+  enabled: false
+concurrency:
+  pools:
+    default_limit: 1
+"""
+
+
+def ensure_dagster_home() -> Path:
+    """DAGSTER_HOME (default ./dagster_home) with privface's instance config."""
+    home = Path(os.environ.get("DAGSTER_HOME") or PROJECT_ROOT / "dagster_home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    cfg = home / "dagster.yaml"
+    if not cfg.exists():
+        cfg.write_text(DAGSTER_YAML)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def _print_table(metrics: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from components.reporting.metrics_file import summary_rows
+
+    table = Table(title=f"privface: {metrics['dataset']['name']} "
+                        f"({metrics['dataset']['identities']} identities, {metrics['dataset']['images']} images)")
+    cols = ["defense", "accuracy", "std", "tar@far=1e-3", "eer", "rank1", "privacy", "utility", "overall", "attacks"]
+    for c in cols:
+        table.add_column(c, justify="left" if c == "defense" else "right")
+    for row in summary_rows(metrics):
+        table.add_row(*["n/a" if row[c] is None else (f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]))
+                        for c in cols])
+    Console(stderr=False).print(table)
+
+
+def cmd_run(args) -> int:
+    import dagster as dg
+
+    from components.defenses import DEFENSES, is_implemented
+    from pipelines.definitions import build_definitions
+
+    home = ensure_dagster_home()
+    defs = build_definitions(profile=args.profile, data_dir=args.data_dir or "", defenses=args.defenses or "",
+                             device=args.device, workdir=args.workdir or "", reports_dir=args.reports_dir or "")
+    settings = defs.resources["settings"]
+    params = settings.params()
+    defenses = list(params["defenses"])
+    if "baseline" not in defenses:
+        defenses.insert(0, "baseline")
+    unknown = [d for d in defenses if d not in DEFENSES]
+    if unknown:
+        print(f"privface: unknown defense(s) {unknown}; known: {', '.join(DEFENSES)}", file=sys.stderr)
+        return 2
+    pending = [d for d in defenses if not is_implemented(d)]
+    if pending:
+        print(f"privface: defense(s) {pending} not implemented yet; implemented: "
+              f"{', '.join(d for d in DEFENSES if is_implemented(d))}", file=sys.stderr)
+        return 2
+    instance = dg.DagsterInstance.get()
+    log_config = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
+    started = time.time()
+    stages = [("prepare", None)] + [("defend_and_attack", d) for d in defenses] + [("report", None)]
+    for job_name, partition in stages:
+        label = f"{job_name}[{partition}]" if partition else job_name
+        print(f"privface: running {label} ...", file=sys.stderr, flush=True)
+        result = defs.resolve_job_def(job_name).execute_in_process(
+            instance=instance, partition_key=partition, run_config=log_config, raise_on_error=False,
+            tags={"privface/trigger": "cli", "privface/profile": args.profile})
+        if not result.success:
+            print(f"privface: {label} failed (Dagster run {result.run_id}); see the log above or `make ui`",
+                  file=sys.stderr)
+            return 1
+    report = settings.reports_dir()
+    import json
+
+    metrics = json.loads((report / "metrics.json").read_text())
+    _print_table(metrics)
+    tracking = defs.resources["mlflow_tracking"].resolved_uri()
+    print(f"report:       {report / 'report.html'}")
+    print(f"metrics:      {report / 'metrics.json'}")
+    print(f"mlflow store: {tracking}")
+    print(f"dagster home: {home}")
+    print(f"elapsed:      {(time.time() - started) / 60:.1f} min")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from components.config import load_params, resolve_path
+    from components.data.synthetic import SyntheticConfig, write_dataset
+
+    params = load_params(PROJECT_ROOT / "params.yaml", args.profile)
+    root = resolve_path(params["data"]["dir"], PROJECT_ROOT)
+    if root.exists() and any(root.iterdir()):
+        print(f"privface: {root} exists; left as it is")
+        return 0
+    write_dataset(root, SyntheticConfig(**params["data"]["synthetic"]))
+    print(f"privface: wrote the synthetic dataset to {root}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="privface", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="materialize the whole graph through Dagster and print the table")
+    run.add_argument("--profile", default="demo", choices=["ci", "demo", "paper"])
+    run.add_argument("--data-dir", help="a folder of identity sub-folders (default: the profile's dataset)")
+    run.add_argument("--defenses", help="comma list of defenses (default: the profile's run list)")
+    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    run.add_argument("--workdir", help="where stores and checkpoints go (default: params' workdir)")
+    run.add_argument("--reports-dir", help="where metrics.json and report.html go (default: reports/)")
+    run.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.set_defaults(func=cmd_run)
+    gen = sub.add_parser("generate", help="write the synthetic dataset of a profile if it is missing")
+    gen.add_argument("--profile", default="demo", choices=["ci", "demo", "paper"])
+    gen.set_defaults(func=cmd_generate)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""The Dagster `Definitions` of privface (`dagster dev -m pipelines.definitions`).
+
+Resources come from environment variables so that the UI, the CLI and the tests build
+the same graph: PRIVFACE_PROFILE (ci | demo | paper), PRIVFACE_DATA_DIR (a folder of
+identity sub-folders), PRIVFACE_DEFENSES (comma list), PRIVFACE_WORKDIR,
+PRIVFACE_REPORTS_DIR, MLFLOW_TRACKING_URI, PRIVFACE_DEVICE (auto | cpu | cuda)."""
+
+from __future__ import annotations
+
+import os
+
+from pipelines import telemetry  # noqa: F401  (before dagster, mlflow, dvc, gx)
+
+import dagster as dg  # noqa: E402
+
+from components.config import load_params  # noqa: E402
+from pipelines.assets.attack_assets import attack_results  # noqa: E402
+from pipelines.assets.data_assets import dataset_splits, face_dataset  # noqa: E402
+from pipelines.assets.model_assets import baseline_fr_model, evaluation_fr_model, protected_system  # noqa: E402
+from pipelines.assets.report_assets import privacy_utility_report, registered_model  # noqa: E402
+from pipelines.automation import data_change_sensor, weekly_retraining  # noqa: E402
+from pipelines.checks import ALL_CHECKS  # noqa: E402
+from pipelines.io_manager import PrivfaceIOManager  # noqa: E402
+from pipelines.jobs import ALL_JOBS  # noqa: E402
+from pipelines.resources import PROJECT_ROOT, ComputeResource, MLflowResource, PrivfaceSettings  # noqa: E402
+
+ASSETS = [face_dataset, dataset_splits, baseline_fr_model, evaluation_fr_model, protected_system,
+          attack_results, privacy_utility_report, registered_model]
+
+
+def build_resources(profile: str = "demo", data_dir: str = "", defenses: str = "", workdir: str = "",
+                    reports_dir: str = "", mlflow_uri: str = "", device: str = "auto",
+                    progress: bool = True, overrides: str = "") -> dict:
+    """The resources of one configuration (tests pass temp dirs here)."""
+    settings = PrivfaceSettings(profile=profile, data_dir=data_dir, defenses=defenses,
+                                workdir_override=workdir, reports_override=reports_dir, progress=progress,
+                                overrides=overrides)
+    params = load_params(settings.params_path, profile)
+    store = settings.path(workdir or params["workdir"]) / "store"
+    return {
+        "settings": settings,
+        "compute": ComputeResource(preference=device, threads=int(params.get("threads", 0))),
+        "mlflow_tracking": MLflowResource(tracking_uri=mlflow_uri or params["mlflow"]["tracking_uri"],
+                                          artifact_root="" if mlflow_uri else params["mlflow"]["artifact_root"],
+                                          experiment=params["mlflow"]["experiment"]),
+        "io_manager": PrivfaceIOManager(base_dir=str(store)),
+    }
+
+
+def build_definitions(**resource_kwargs) -> dg.Definitions:
+    return dg.Definitions(assets=ASSETS, asset_checks=ALL_CHECKS, jobs=ALL_JOBS,
+                          schedules=[weekly_retraining], sensors=[data_change_sensor],
+                          resources=build_resources(**resource_kwargs))
+
+
+defs = build_definitions(
+    profile=os.environ.get("PRIVFACE_PROFILE", "demo"),
+    data_dir=os.environ.get("PRIVFACE_DATA_DIR", ""),
+    defenses=os.environ.get("PRIVFACE_DEFENSES", ""),
+    workdir=os.environ.get("PRIVFACE_WORKDIR", ""),
+    reports_dir=os.environ.get("PRIVFACE_REPORTS_DIR", ""),
+    mlflow_uri=os.environ.get("MLFLOW_TRACKING_URI", ""),
+    device=os.environ.get("PRIVFACE_DEVICE", "auto"),
+)
+__all__ = ["defs", "build_definitions", "build_resources", "ASSETS", "PROJECT_ROOT"]

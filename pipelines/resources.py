@@ -1,0 +1,191 @@
+"""Resources: the pipeline settings (profile and params), the compute device, MLflow."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import dagster as dg
+import yaml
+from pydantic import PrivateAttr
+
+from components.config import deep_merge, load_params, resolve_path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class PrivfaceSettings(dg.ConfigurableResource):
+    """Which profile of params.yaml to run, optionally on the user's own folder of faces."""
+
+    profile: str = "demo"
+    params_path: str = str(PROJECT_ROOT / "params.yaml")
+    data_dir: str = ""            # a folder of identity sub-folders; empty: the profile's data
+    defenses: str = ""            # comma list overriding the profile's run list
+    workdir_override: str = ""    # overrides params' workdir (tests use temp dirs)
+    reports_override: str = ""    # overrides params' reports_dir
+    overrides: str = ""           # JSON object deep-merged over the profile (benchmarks, experiments)
+    progress: bool = True
+
+    def params(self) -> dict:
+        overrides = json.loads(self.overrides) if self.overrides else {}
+        if self.data_dir:
+            d = Path(self.data_dir).expanduser().resolve()
+            overrides = deep_merge(overrides, {"data": {"source": "folder", "dir": str(d), "name": d.name}})
+        if self.defenses:
+            overrides["defenses"] = [x.strip() for x in self.defenses.split(",") if x.strip()]
+        return load_params(self.params_path, self.profile, overrides)
+
+    def path(self, value: str) -> Path:
+        return resolve_path(value, PROJECT_ROOT)
+
+    def workdir(self) -> Path:
+        return self.path(self.workdir_override or self.params()["workdir"])
+
+    def reports_dir(self) -> Path:
+        return self.path(self.reports_override or self.params()["reports_dir"])
+
+
+class ComputeResource(dg.ConfigurableResource):
+    """The torch device: CUDA when present (preference "auto"), else the CPU."""
+
+    preference: str = "auto"
+    threads: int = 0
+
+    def device(self):
+        import torch
+
+        from components.training.device import pick_device
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        return pick_device(self.preference)
+
+
+def code_version() -> str:
+    """The git commit of the code (with "+dirty" for local changes), else "unknown"."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_ROOT,
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=PROJECT_ROOT, capture_output=True, text=True).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def dvc_data_md5(dvc_file: Path = PROJECT_ROOT / "data.dvc") -> str:
+    """The md5 of data/ recorded in data.dvc ("none" when the file is absent)."""
+    if not dvc_file.is_file():
+        return "none"
+    outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs", [])
+    return str(outs[0].get("md5", "none")) if outs else "none"
+
+
+class MLflowResource(dg.ConfigurableResource):
+    """MLflow tracking and registry: one run per asset partition, models registered once
+    per content hash, aliases moved only by the promotion gate."""
+
+    tracking_uri: str = ""         # empty: params' mlflow.tracking_uri (or MLFLOW_TRACKING_URI)
+    artifact_root: str = ""
+    experiment: str = "privface"
+
+    _client = PrivateAttr(default=None)
+
+    def resolved_uri(self) -> str:
+        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow/mlflow.db"
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            rel = uri[len("sqlite:///"):]
+            path = resolve_path(rel, PROJECT_ROOT)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            uri = f"sqlite:///{path}"
+        return uri
+
+    def client(self):
+        import mlflow
+
+        if self._client is None:
+            mlflow.set_tracking_uri(self.resolved_uri())
+            mlflow.set_registry_uri(self.resolved_uri())
+            self._client = mlflow.MlflowClient(self.resolved_uri(), self.resolved_uri())
+            if self._client.get_experiment_by_name(self.experiment) is None:
+                try:
+                    self._client.create_experiment(self.experiment, artifact_location=self._artifact_location())
+                except Exception:  # created by a concurrent run in between
+                    if self._client.get_experiment_by_name(self.experiment) is None:
+                        raise
+        return self._client
+
+    def _artifact_location(self) -> str | None:
+        """Local stores keep artifacts beside the sqlite db; a server chooses its own."""
+        uri = self.resolved_uri()
+        if not uri.startswith("sqlite:///"):
+            return None
+        if self.artifact_root:
+            root = resolve_path(self.artifact_root, PROJECT_ROOT)
+        else:
+            root = Path(uri[len("sqlite:///"):]).parent / "artifacts"
+        root.mkdir(parents=True, exist_ok=True)
+        return root.as_uri()
+
+    @contextlib.contextmanager
+    def run(self, context: dg.AssetExecutionContext, asset: str, tags: dict | None = None):
+        """The MLflow run of this (Dagster run, asset, partition); reused if it exists, so a
+        retried step never duplicates it. Marked FAILED when the body raises."""
+        import mlflow
+
+        client = self.client()
+        partitioned = context.has_partition_key and context.assets_def.partitions_def is not None
+        partition = context.partition_key if partitioned else "all"
+        exp = client.get_experiment_by_name(self.experiment)
+        query = (f"tags.dagster_run_id = '{context.run_id}' and tags.asset = '{asset}' "
+                 f"and tags.partition = '{partition}'")
+        found = client.search_runs([exp.experiment_id], filter_string=query, max_results=1)
+        all_tags = {"dagster_run_id": context.run_id, "asset": asset, "partition": partition,
+                    "code_version": code_version(), "dvc_data_md5": dvc_data_md5(), **(tags or {})}
+        run_name = f"{asset}[{partition}]"
+        if found:
+            active = mlflow.start_run(run_id=found[0].info.run_id)
+        else:
+            active = mlflow.start_run(experiment_id=exp.experiment_id, run_name=run_name, tags=all_tags)
+        with active as r:
+            mlflow.set_tags(all_tags)
+            yield r
+
+    def register(self, name: str, model_uri: str, run_id: str, content_hash: str, tags: dict) -> str:
+        """The registered version for this content; created only if no version holds it."""
+        from mlflow.exceptions import MlflowException
+
+        client = self.client()
+        try:
+            client.create_registered_model(name)
+        except MlflowException:
+            pass  # exists
+        for mv in client.search_model_versions(f"name = '{name}'"):
+            if mv.tags.get("content_hash") == content_hash:
+                return mv.version
+        mv = client.create_model_version(name, model_uri, run_id=run_id,
+                                         tags={"content_hash": content_hash, **tags})
+        return mv.version
+
+    def alias_version(self, name: str, alias: str) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client().get_model_version_by_alias(name, alias).version
+        except MlflowException:
+            return None
+
+
+def content_hash(state: dict) -> str:
+    """sha256 over a state dict's tensors (names, shapes, bytes), for deduplication."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu().contiguous()
+        h.update(key.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()

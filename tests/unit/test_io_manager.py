@@ -1,0 +1,37 @@
+"""The IO manager stores every kind of asset value pickle-free and atomically."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from pipelines.io_manager import fetch, store
+
+
+def test_round_trips_frames_json_and_bundles(tmp_path):
+    frames = {"a": pd.DataFrame({"x": [1, 2]}), "b": pd.DataFrame({"y": ["u", "v"]})}
+    store(frames, tmp_path / "f")
+    back = fetch(tmp_path / "f")
+    assert set(back) == {"a", "b"} and back["a"].equals(frames["a"])
+    store({"k": 1.5, "n": {"m": [1, 2]}}, tmp_path / "j")
+    assert fetch(tmp_path / "j") == {"k": 1.5, "n": {"m": [1, 2]}}
+    bundle = {"kind": "fr_model", "w": torch.arange(3.0), "history": [{"loss": 1.0}]}
+    store(bundle, tmp_path / "b")
+    assert torch.equal(fetch(tmp_path / "b")["w"], bundle["w"])
+
+
+def test_a_failed_write_keeps_the_previous_value(tmp_path):
+    store({"v": 1}, tmp_path / "x")
+    with pytest.raises(TypeError):
+        store({"v": object()}, tmp_path / "x")      # not JSON-serialisable: fails mid-write
+    assert fetch(tmp_path / "x") == {"v": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["x"]   # no temp folder left behind
+
+
+def test_unknown_types_and_missing_values_are_named(tmp_path):
+    with pytest.raises(TypeError, match="cannot store"):
+        store(np.zeros(3), tmp_path / "z")
+    with pytest.raises(FileNotFoundError, match="materialize the upstream asset first"):
+        fetch(tmp_path / "missing")
