@@ -51,7 +51,7 @@ def _print_table(metrics: dict) -> None:
     for row in summary_rows(metrics):
         table.add_row(*["n/a" if row[c] is None else (f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]))
                         for c in cols])
-    Console(stderr=False).print(table)
+    Console(width=140).print(table)
 
 
 def cmd_run(args) -> int:

@@ -13,7 +13,6 @@ from pipelines import telemetry  # noqa: F401  (before dagster, mlflow, dvc, gx)
 
 import dagster as dg  # noqa: E402
 
-from components.config import load_params  # noqa: E402
 from pipelines.assets.attack_assets import attack_results  # noqa: E402
 from pipelines.assets.data_assets import dataset_splits, face_dataset  # noqa: E402
 from pipelines.assets.model_assets import baseline_fr_model, evaluation_fr_model, protected_system  # noqa: E402
@@ -35,8 +34,8 @@ def build_resources(profile: str = "demo", data_dir: str = "", defenses: str = "
     settings = PrivfaceSettings(profile=profile, data_dir=data_dir, defenses=defenses,
                                 workdir_override=workdir, reports_override=reports_dir, progress=progress,
                                 overrides=overrides)
-    params = load_params(settings.params_path, profile)
-    store = settings.path(workdir or params["workdir"]) / "store"
+    params = settings.params()
+    store = settings.workdir() / "store"
     return {
         "settings": settings,
         "compute": ComputeResource(preference=device, threads=int(params.get("threads", 0))),

@@ -34,7 +34,10 @@ class PrivfaceSettings(dg.ConfigurableResource):
         overrides = json.loads(self.overrides) if self.overrides else {}
         if self.data_dir:
             d = Path(self.data_dir).expanduser().resolve()
-            overrides = deep_merge(overrides, {"data": {"source": "folder", "dir": str(d), "name": d.name}})
+            # a user's folder gets its own store and reports, beside the profile's dataset
+            overrides = deep_merge(overrides, {"data": {"source": "folder", "dir": str(d), "name": d.name},
+                                               "workdir": f"artifacts/{self.profile}-{d.name}",
+                                               "reports_dir": f"reports/{d.name}"})
         if self.defenses:
             overrides["defenses"] = [x.strip() for x in self.defenses.split(",") if x.strip()]
         return load_params(self.params_path, self.profile, overrides)

@@ -60,5 +60,6 @@ def render_report(metrics: dict, figures: dict[str, str | Path], path: str | Pat
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".report.", suffix=".tmp")
     with os.fdopen(fd, "w") as fh:
         fh.write(html)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; reports are for reading
     os.replace(tmp, path)
     return path

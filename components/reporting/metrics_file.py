@@ -59,6 +59,7 @@ def write_json(obj: dict, path: str | Path) -> Path:
     with os.fdopen(fd, "w") as fh:
         json.dump(obj, fh, indent=2, sort_keys=True)
         fh.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; reports are for reading
     os.replace(tmp, path)
     return path
 

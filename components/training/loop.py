@@ -96,7 +96,8 @@ class TrainHooks:
         return {}
 
     def state_dict(self) -> dict:
-        """Hook state to checkpoint (tensors, numbers, strings, lists, dicts only)."""
+        """Hook state to checkpoint (tensors, numbers, strings, lists, dicts only), including
+        the weights of any module the hook trains that is not inside ``model`` or ``head``."""
         return {}
 
     def load_state_dict(self, state: dict) -> None:
@@ -190,11 +191,11 @@ def train_classifier(
         model.train()
         head.train()
         loss_sum, correct, scored, seen = 0.0, 0, 0, 0
-        hook_sums: dict[str, float] = {}
+        hook_sums: dict[str, list[float]] = {}  # name -> [sum, count]
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", file=sys.stderr,
-                   disable=not cfg.progress, leave=False, dynamic_ncols=True)
+                   disable=not cfg.progress, leave=True, dynamic_ncols=True)
         for i in bar:
             step = epoch * steps + i
             sl = slice(i * cfg.batch_size, (i + 1) * cfg.batch_size if n >= cfg.batch_size else n)
@@ -202,7 +203,7 @@ def train_classifier(
             xb = images[idx.to(images.device)]
             if flips is not None:
                 f = flips[sl].to(images.device)
-                xb[f] = xb[f].flip(1)
+                xb[f] = xb[f].flip(2)
             x = _to_float(xb, device, channels_last=use_amp)
             y = labels[idx].to(device, non_blocking=True)
             x, y = hooks.transform_batch(x, y, step)
@@ -234,7 +235,9 @@ def train_classifier(
             for k, v in hooks.after_step(step, loss_value, (x, y)).items():
                 if k in _CORE_METRICS:
                     raise ValueError(f"hook metric {k!r} clashes with a built-in metric {_CORE_METRICS}")
-                hook_sums[k] = hook_sums.get(k, 0.0) + float(v)
+                slot = hook_sums.setdefault(k, [0.0, 0])
+                slot[0] += float(v)
+                slot[1] += 1
             if cfg.progress:
                 elapsed = time.perf_counter() - t0
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / scored:.3f}" if scored else "-",
@@ -250,7 +253,7 @@ def train_classifier(
             "lr": lr,
             "seconds": seconds,
             "images_per_s": seen / seconds,
-            **{k: v / steps for k, v in hook_sums.items()},
+            **{k: total / count for k, (total, count) in hook_sums.items()},
         }
         history.append(metrics)
         if ckpt_path is not None:

@@ -331,6 +331,17 @@ def test_hook_loss_replaces_default():
     assert h[0]["loss"] < 5
 
 
+def test_flip_is_horizontal():
+    images = np.zeros((64, 16, 16, 3), dtype=np.uint8)
+    images[:, :, 8:] = 255  # left half black, right half white
+    labels = np.arange(64) % N_CLASSES
+    rec = Recorder()
+    model, head = tiny_model()
+    train_classifier(model, head, images, labels, TrainConfig(epochs=1, **FAST), hooks=rec)
+    left = torch.cat([c for _, c, _ in rec.batches])  # x[:, 0, 0, 0]: the top-left pixel
+    assert set(left.tolist()) == {-1.0, 1.0}  # some images mirrored left-right, some not
+
+
 # ---------------------------------------------------------------- failing loudly
 
 def test_nan_loss_raises_naming_epoch_and_step():
