@@ -49,5 +49,5 @@ def test_trained_model_beats_raw_pixel_nearest_neighbour_on_unseen_identities():
                            progress=False)
     feats = extract_features(model.backbone.eval(), test_x)
     model_rank1 = rank1(feats[g], test_y[g], feats[~g], test_y[~g])
-    # measured: pixels ~0.3, model ~0.7 (30 unseen identities, 7 probes each)
+    # measured: pixels 0.16, model 0.62 (30 unseen identities, 7 probes each)
     assert model_rank1 > pixel_rank1 + 0.2, (model_rank1, pixel_rank1)
