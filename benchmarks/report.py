@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+from components.atomic import atomic_write_text
 
 try:  # POSIX advisory lock; elsewhere we rely on the atomic replace alone
     import fcntl
@@ -72,18 +73,4 @@ def record(name: str, result: dict, path="reports/bench.json") -> None:
     with _locked(path):
         data = load(path)
         data[name] = payload
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(data, fh, indent=2, sort_keys=True)
-                fh.write("\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
+        atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

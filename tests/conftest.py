@@ -5,14 +5,9 @@ from __future__ import annotations
 
 import os
 
-for _key, _value in {
-    "GX_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "DAGSTER_DISABLE_TELEMETRY": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true",
-    "DVC_NO_ANALYTICS": "1",
-}.items():
-    os.environ[_key] = _value
+from pipelines.telemetry import OFF
+
+os.environ.update(OFF)   # forced, not defaulted: tests never report usage
 
 import csv  # noqa: E402
 from pathlib import Path  # noqa: E402

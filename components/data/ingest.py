@@ -33,10 +33,8 @@ import csv
 import hashlib
 import io
 import json
-import os
 import re
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +42,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from components.atomic import atomic_write
 from components.data.errors import DataError
+from components.data.schema import BASE_COLUMNS, KNOWN_COLUMNS
 
 ATTRIBUTES_FILE = "attributes.csv"
 RESAMPLE = Image.Resampling.BICUBIC
@@ -53,22 +53,7 @@ CANON_RECIPE = "rgb-white-alpha/center-crop-short-side/bicubic/v1"
 # Pillow format names accepted (PPM plugin also reads PGM and PBM).
 ALLOWED_FORMATS = ("PNG", "JPEG", "PPM", "GIF", "BMP")
 
-# Columns produced by the loader itself; attribute columns may not reuse these names.
-BASE_COLUMNS = (
-    "index",
-    "path",
-    "identity",
-    "identity_name",
-    "content_hash",
-    "file_hash",
-    "height",
-    "width",
-    "channels",
-    "pixel_min",
-    "pixel_max",
-    "identity_images",
-)
-RESERVED_COLUMNS = frozenset(BASE_COLUMNS) | {"split"}
+RESERVED_COLUMNS = KNOWN_COLUMNS
 
 _STORE_META = "dataset.json"
 _STORE_FORMAT = "privface-dataset/1"
@@ -383,23 +368,6 @@ def _manifest_frame(records: list[dict], attr_cols: list[str]) -> pd.DataFrame:
 # --------------------------------------------------------------------------- store
 
 
-def _write_atomic(target: Path, write) -> None:
-    """write(fileobj) into a temp file next to target, fsync, then os.replace onto target."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -438,8 +406,8 @@ def save_dataset(ds: FaceDataset, path: str | Path) -> Path:
     img_name = f"images-{token}.npz"
     man_name = f"manifest-{token}.parquet"
 
-    _write_atomic(path / img_name, lambda fh: np.savez(fh, images=images))
-    _write_atomic(path / man_name, lambda fh: ds.manifest.to_parquet(fh, index=False))
+    atomic_write(path / img_name, lambda fh: np.savez(fh, images=images))
+    atomic_write(path / man_name, lambda fh: ds.manifest.to_parquet(fh, index=False))
     meta = {
         "format": _STORE_FORMAT,
         "name": ds.name,
@@ -452,7 +420,7 @@ def save_dataset(ds: FaceDataset, path: str | Path) -> Path:
         "manifest_sha256": _sha256_file(path / man_name),
     }
     payload = (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()
-    _write_atomic(path / _STORE_META, lambda fh: fh.write(payload))
+    atomic_write(path / _STORE_META, lambda fh: fh.write(payload))
 
     for stale in list(path.glob("images-*.npz")) + list(path.glob("manifest-*.parquet")):
         if stale.name not in (img_name, man_name):

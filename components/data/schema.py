@@ -16,31 +16,16 @@ from components.data.errors import DataError
 
 SPLITS = ("train", "val", "test", "public")
 
-# Declared columns (everything else in a manifest is an attribute column).
-KNOWN_COLUMNS = frozenset(
-    {
-        "index",
-        "path",
-        "identity",
-        "identity_name",
-        "content_hash",
-        "file_hash",
-        "height",
-        "width",
-        "channels",
-        "pixel_min",
-        "pixel_max",
-        "identity_images",
-        "split",
-    }
+# Columns the loader produces (attribute columns may not reuse these names), and all
+# declared columns: everything else in a manifest is an attribute column.
+BASE_COLUMNS = (
+    "index", "path", "identity", "identity_name", "content_hash", "file_hash",
+    "height", "width", "channels", "pixel_min", "pixel_max", "identity_images",
 )
+KNOWN_COLUMNS = frozenset(BASE_COLUMNS) | {"split"}
 
 _HEX64 = r"^[0-9a-f]{64}$"
 ATTRIBUTE_CHECK = "attribute column values must be non-null, non-empty strings"
-
-
-def _is_string_series(s: pd.Series) -> bool:
-    return pd.api.types.is_string_dtype(s.dtype) or s.dtype == object
 
 
 class ManifestSchema(pa.DataFrameModel):
@@ -88,40 +73,6 @@ class ManifestSchema(pa.DataFrameModel):
 
 def _nonempty_str(v) -> bool:
     return isinstance(v, str) and v != ""
-
-
-def attribute_columns_are_strings(cls, df: pd.DataFrame):
-        # a boolean frame of df's shape (declared columns all True): pandera then
-        # reports exactly the failing attribute cells
-        ok = pd.DataFrame(True, index=df.index, columns=df.columns)
-        for c in df.columns:
-            if c not in KNOWN_COLUMNS:
-                ok[c] = df[c].map(lambda v: isinstance(v, str) and v != "").astype(bool)
-        return ok
-
-
-def attribute_columns_are_strings(cls, df: pd.DataFrame):
-        cols = [c for c in df.columns if c not in KNOWN_COLUMNS]
-        if not cols:
-            return pd.Series(True, index=df.index)
-        # a boolean frame: pandera then reports the failing cells with their column
-        return pd.DataFrame(
-            {c: df[c].map(lambda v: isinstance(v, str) and v != "").astype(bool) for c in cols},
-            index=df.index,
-        )
-
-
-def attribute_columns_are_strings(cls, df: pd.DataFrame) -> pd.Series:
-        ok = pd.Series(True, index=df.index)
-        for col in df.columns:
-            if col in KNOWN_COLUMNS:
-                continue
-            s = df[col]
-            if not _is_string_series(s):
-                ok &= s.map(lambda v: isinstance(v, str) and v != "")
-            else:
-                ok &= s.notna() & s.map(lambda v: isinstance(v, str) and v != "")
-        return ok
 
 
 def attribute_columns(df: pd.DataFrame) -> list[str]:

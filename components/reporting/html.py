@@ -4,12 +4,11 @@ table, attack results and the figures, for people who would rather look than rea
 from __future__ import annotations
 
 import base64
-import os
-import tempfile
 from pathlib import Path
 
 from jinja2 import Environment, select_autoescape
 
+from components.atomic import atomic_write_text
 from components.reporting.metrics_file import summary_rows
 
 TEMPLATE = """<!doctype html>
@@ -55,11 +54,4 @@ def render_report(metrics: dict, figures: dict[str, str | Path], path: str | Pat
     html = env.from_string(TEMPLATE).render(
         dataset=metrics["dataset"], defenses=metrics["defenses"], rows=rows, columns=columns,
         figures=inlined, profile=profile)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".report.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(html)
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; reports are for reading
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, html)

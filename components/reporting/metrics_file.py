@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
+from components.atomic import atomic_write_text
 from components.reporting.scores import compute_scores
 
 UTILITY_KEYS = ("verification_accuracy", "verification_std", "tar_at_far_1e-3", "eer", "rank1")
@@ -53,15 +52,7 @@ def build_metrics(dataset: dict, results: dict[str, dict], baseline: str = "base
 
 def write_json(obj: dict, path: str | Path) -> Path:
     """Atomic JSON write: a crash never leaves a half-written metrics file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
-        fh.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; reports are for reading
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def summary_rows(metrics: dict) -> list[dict]:

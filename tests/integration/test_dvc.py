@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ pytestmark = pytest.mark.integration
 
 
 def sh(*cmd, cwd):
+    if cmd[0] == "dvc":   # the venv's dvc, whether or not the venv is on PATH
+        cmd = (sys.executable, "-m", "dvc", *cmd[1:])
     out = subprocess.run(cmd, cwd=cwd, env=git_env(), capture_output=True, text=True)
     assert out.returncode == 0, f"{' '.join(cmd)}:\n{out.stdout}\n{out.stderr}"
     return out.stdout

@@ -9,7 +9,6 @@ import dagster as dg
 import mlflow
 import numpy as np
 import pytest
-import torch
 
 from components.metrics.embeddings import to_model_tensor
 from pipelines.definitions import build_definitions

@@ -4,9 +4,7 @@ small trained FR model identifies far better than nearest-neighbour on raw pixel
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
-import torch
 
 from components.data.synthetic import SyntheticConfig, render_identity
 from components.metrics.embeddings import extract_features

@@ -1,6 +1,5 @@
 """The IO manager stores every kind of asset value pickle-free and atomically."""
 
-import json
 
 import numpy as np
 import pandas as pd
