@@ -41,6 +41,8 @@ demo: install
 	$(BIN)/privface generate --profile demo
 	$(BIN)/privface run --profile demo
 	@echo "--- dvc status (data/ against the committed data.dvc):"
+	@# caches data/ only if it matches data.dvc (a changed dataset is refused, never recorded)
+	@$(BIN)/dvc commit -q data.dvc </dev/null || echo "data/ differs from the committed data.dvc"
 	@$(BIN)/dvc status data.dvc
 
 run: install
