@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 PROFILE ?= demo
 HOST ?= 127.0.0.1
-export DAGSTER_HOME ?= $(CURDIR)/dagster_home
+DAGSTER_HOME ?= $(CURDIR)/dagster_home
 export DAGSTER_DISABLE_TELEMETRY := yes
 export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := true
@@ -59,8 +59,8 @@ bench: install
 	$(BIN)/python -m benchmarks.bench_pipeline
 
 ui: install
-	$(BIN)/python -c "from pipelines.cli import ensure_dagster_home; ensure_dagster_home()"
-	$(BIN)/dagster dev -m pipelines.definitions -h $(HOST) -p 3000
+	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/python -c "from pipelines.cli import ensure_dagster_home; ensure_dagster_home()"
+	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/dagster dev -m pipelines.definitions -h $(HOST) -p 3000
 
 mlflow-ui: install
 	mkdir -p mlflow/artifacts

@@ -45,13 +45,16 @@ def _print_table(metrics: dict) -> None:
 
     table = Table(title=f"privface: {metrics['dataset']['name']} "
                         f"({metrics['dataset']['identities']} identities, {metrics['dataset']['images']} images)")
-    cols = ["defense", "accuracy", "std", "tar@far=1e-3", "eer", "rank1", "privacy", "utility", "overall", "attacks"]
+    rows = summary_rows(metrics)
+    cols = list(rows[0]) if rows else []
     for c in cols:
         table.add_column(c, justify="left" if c == "defense" else "right")
-    for row in summary_rows(metrics):
-        table.add_row(*["n/a" if row[c] is None else (f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]))
+    for row in rows:
+        table.add_row(*["n/a" if row[c] is None else (f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]))
                         for c in cols])
-    Console(width=140).print(table)
+    Console(width=180).print(table)
+    print("TI: template inversion, RR: representation recovery, MI: model inversion, MIA: membership "
+          "inference, attr gain: attribute probe balanced accuracy above chance; n/a: not run")
 
 
 def cmd_run(args) -> int:

@@ -6,8 +6,8 @@ reported (none is faked)."""
 
 from __future__ import annotations
 
-from components.attacks.base import Attack, AttackContext, AttackResult
+from components.attacks.base import Attack, AttackContext, AttackResult, NotApplicable
 
 ATTACKS: dict[str, Attack] = {}
 
-__all__ = ["ATTACKS", "Attack", "AttackContext", "AttackResult"]
+__all__ = ["ATTACKS", "Attack", "AttackContext", "AttackResult", "NotApplicable"]

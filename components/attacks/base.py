@@ -18,6 +18,11 @@ from components.defenses.base import ProtectedSystem
 from components.models.fr_model import FRModel
 
 
+class NotApplicable(Exception):
+    """Raised by `Attack.run` when the data does not allow the attack (e.g. no attribute
+    columns); the reason is reported instead of a result."""
+
+
 @dataclass
 class AttackContext:
     defense: str

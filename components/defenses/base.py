@@ -35,6 +35,13 @@ class ProtectedSystem(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.template(self.embed(self.protect(images)))
 
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Class cosines of the training identities through the whole system (no margin)."""
+        head = getattr(self, "head", None)   # a submodule `head`, where the system has one
+        if head is None:
+            raise NotImplementedError(f"{self.defense}: no classifier head to query")
+        return head.cosine(self.embed(self.protect(images)))
+
     def operating_point(self) -> dict:
         """The knobs that place this system on the privacy-utility curve (metrics.json `params`)."""
         return {}

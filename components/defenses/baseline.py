@@ -12,9 +12,10 @@ from components.models.fr_model import build_fr_model
 class BaselineSystem(ProtectedSystem):
     defense = "baseline"
 
-    def __init__(self, backbone, fr_spec: dict):
+    def __init__(self, backbone, head, fr_spec: dict):
         super().__init__()
         self.backbone = backbone
+        self.head = head          # the training head: white-box attacks invert the classifier
         self.fr_spec = fr_spec
 
     def embed(self, representation):
@@ -28,7 +29,9 @@ class BaselineDefense:
     name = "baseline"
 
     def build(self, ctx: DefenseContext) -> BaselineSystem:
-        return BaselineSystem(copy.deepcopy(ctx.baseline.backbone).eval(), ctx.baseline.spec)
+        return BaselineSystem(copy.deepcopy(ctx.baseline.backbone).eval(), copy.deepcopy(ctx.baseline.head).eval(),
+                              ctx.baseline.spec)
 
     def rebuild(self, config: dict) -> BaselineSystem:
-        return BaselineSystem(build_fr_model(config["fr_spec"]).backbone.eval(), config["fr_spec"])
+        model = build_fr_model(config["fr_spec"])
+        return BaselineSystem(model.backbone.eval(), model.head.eval(), config["fr_spec"])

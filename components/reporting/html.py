@@ -31,8 +31,9 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 <h2>Attacks</h2>
 {% for name, d in defenses.items() %}<h3>{{ name }}</h3>
 {% if d.params %}<p>Operating point: {{ d.params }}</p>{% endif %}
-{% if d.attacks %}<table><tr><th>attack</th><th>measures</th></tr>
-{% for a, m in d.attacks.items() %}<tr><td>{{ a }}</td><td style="text-align:left">{{ m }}</td></tr>{% endfor %}</table>
+{% if d.attacks %}<table>
+<tr><th>attack</th><th>measures</th><th>strength (attacker data, epochs, lr, architecture)</th></tr>
+{% for a, m in d.attacks.items() %}<tr><td>{{ a }}</td><td style="text-align:left">{{ m }}</td><td style="text-align:left">{{ strength.get(name, {}).get(a, "") }}</td></tr>{% endfor %}</table>
 {% else %}<p class="na">No attack has been run against this defense yet.</p>{% endif %}
 {% if d.not_applicable %}<p>Not applicable: {{ d.not_applicable }}</p>{% endif %}
 {% if d.mlflow %}<p>MLflow: run {{ d.mlflow.run_id }}, model {{ d.mlflow.model_uri }}, version {{ d.mlflow.model_version }}</p>{% endif %}
@@ -45,7 +46,7 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 
 
 def render_report(metrics: dict, figures: dict[str, str | Path], path: str | Path,
-                  profile: str = "") -> Path:
+                  profile: str = "", strength: dict | None = None) -> Path:
     """Write report.html; `figures` maps a caption to a PNG file (inlined)."""
     env = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
     rows = summary_rows(metrics)
@@ -53,5 +54,5 @@ def render_report(metrics: dict, figures: dict[str, str | Path], path: str | Pat
     inlined = [(cap, base64.b64encode(Path(p).read_bytes()).decode()) for cap, p in figures.items()]
     html = env.from_string(TEMPLATE).render(
         dataset=metrics["dataset"], defenses=metrics["defenses"], rows=rows, columns=columns,
-        figures=inlined, profile=profile)
+        figures=inlined, profile=profile, strength=strength or {})
     return atomic_write_text(path, html)

@@ -55,21 +55,39 @@ def write_json(obj: dict, path: str | Path) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+ATTACK_COLUMNS = {
+    # column: (attack, measure); n/a where the attack was not run against a defense
+    "TI ssim": ("template_inversion", "ssim"),
+    "TI sar2": ("template_inversion", "sar_type2"),
+    "RR ssim": ("representation_recovery", "ssim"),
+    "MI top1": ("model_inversion", "top1"),
+    "MIA auc": ("membership_inference", "auc"),
+}
+
+
+def _attribute_gain(attacks: dict) -> float | None:
+    """Largest balanced-accuracy gain of the attribute probe over chance."""
+    gains = [m["balanced_accuracy"] - m["chance"] for m in attacks.get("attribute_inference", {}).values()]
+    return max(gains) if gains else None
+
+
 def summary_rows(metrics: dict) -> list[dict]:
-    """One flat row per defense for tables (CLI, README, report)."""
+    """One flat row per defense for tables (CLI, README, report): utility, then attack
+    success, then scores."""
     rows = []
     for name, d in metrics["defenses"].items():
-        u, s = d["utility"], d["scores"]
-        rows.append({
+        u, s, a = d["utility"], d["scores"], d["attacks"]
+        row = {
             "defense": name,
             "accuracy": u["verification_accuracy"],
             "std": u["verification_std"],
             "tar@far=1e-3": u["tar_at_far_1e-3"],
             "eer": u["eer"],
             "rank1": u["rank1"],
-            "privacy": s.get("privacy"),
-            "utility": s["utility"],
-            "overall": s.get("overall"),
-            "attacks": len(d["attacks"]),
-        })
+        }
+        for column, (attack, measure) in ATTACK_COLUMNS.items():
+            row[column] = a.get(attack, {}).get(measure)
+        row["attr gain"] = _attribute_gain(a)
+        row.update({"privacy": s.get("privacy"), "utility": s["utility"], "overall": s.get("overall")})
+        rows.append(row)
     return rows

@@ -6,7 +6,7 @@ recorded with the reason they do not apply."""
 import dagster as dg
 import mlflow
 
-from components.attacks import ATTACKS, AttackContext
+from components.attacks import ATTACKS, AttackContext, NotApplicable
 from components.data.ingest import FaceDataset
 from components.defenses import load_system
 from components.models.fr_model import from_bundle
@@ -25,7 +25,7 @@ def attack_results(context: dg.AssetExecutionContext, settings: PrivfaceSettings
     params = settings.params()
     system = load_system(protected_system)
     evaluation = from_bundle(evaluation_fr_model)
-    measures, strengths, not_applicable = {}, {}, {}
+    measures, strengths, not_applicable, artifacts = {}, {}, {}, {}
     with mlflow_tracking.run(context, "attack_results", tags={"defense": name}):
         for attack_name, attack in ATTACKS.items():
             reason = attack.applies_to(system)
@@ -38,13 +38,18 @@ def attack_results(context: dg.AssetExecutionContext, settings: PrivfaceSettings
                                 device=compute.device(),
                                 workdir=settings.workdir() / "attacks" / name / attack_name,
                                 seed=params["seed"], progress=settings.progress)
-            result = attack.run(ctx)
+            try:
+                result = attack.run(ctx)
+            except NotApplicable as why:
+                not_applicable[attack_name] = str(why)
+                continue
             measures[attack_name] = result.measures
             strengths[attack_name] = result.strength
             log_params(result.strength, prefix=f"{attack_name}.")
             mlflow.log_metrics(_flat_metrics(result.measures, f"{attack_name}."))
             for label, path in result.artifacts.items():
                 mlflow.log_artifact(str(path), artifact_path=f"attacks/{attack_name}")
+            artifacts[attack_name] = {label: str(path) for label, path in result.artifacts.items()}
         mlflow.set_tags({f"not_applicable.{k}": v for k, v in not_applicable.items()})
     context.add_output_metadata({
         "attacks_run": len(measures),
@@ -52,7 +57,7 @@ def attack_results(context: dg.AssetExecutionContext, settings: PrivfaceSettings
         "measures": dg.MetadataValue.json(measures),
         "not_applicable": dg.MetadataValue.json(not_applicable),
     })
-    return {"attacks": measures, "strength": strengths, "not_applicable": not_applicable}
+    return {"attacks": measures, "strength": strengths, "not_applicable": not_applicable, "artifacts": artifacts}
 
 
 def _flat_metrics(d: dict, prefix: str) -> dict[str, float]:

@@ -50,8 +50,14 @@ def privacy_utility_report(context: dg.AssetExecutionContext, settings: Privface
         "Privacy-utility trade-off": tradeoff_plot({d: m["scores"] for d, m in metrics["defenses"].items()},
                                                    reports / "tradeoff.png"),
     }
+    for d in wanted:   # reconstruction grids (public identities only) and attack ROCs
+        for attack, files in attack_results[d].get("artifacts", {}).items():
+            for label, path in files.items():
+                figures[f"{d}: {attack} ({label})"] = path
+    strength = {d: attack_results[d].get("strength", {}) for d in wanted}
     metrics_path = write_json(metrics, reports / "metrics.json")
-    html_path = render_report(metrics, figures, reports / "report.html", profile=params["profile"])
+    html_path = render_report(metrics, figures, reports / "report.html", profile=params["profile"],
+                              strength=strength)
     with mlflow_tracking.run(context, "privacy_utility_report"):
         for name, d in metrics["defenses"].items():
             mlflow.log_metrics({f"{name}.{block}.{k}": v for block in ("utility", "scores")

@@ -107,10 +107,11 @@ def test_unimplemented_defense_fails_clearly_and_leaves_registry_alone(pipeline,
     assert runs and all(r.info.status == "FAILED" for r in runs), [(r.data.tags["asset"], r.info.status) for r in runs]
 
 
-def test_definitions_validate():
+def test_definitions_validate(dagster_home):
+    import os
     import subprocess
     import sys
 
     out = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-m", "pipelines.definitions"],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env={**os.environ, "DAGSTER_HOME": str(dagster_home)})
     assert out.returncode == 0, out.stdout + out.stderr
