@@ -14,6 +14,10 @@ they share: which images an attacker may train on and which images are targets.
   verification protocol (components.metrics).
 * Grids: originals above reconstructions, written only for PUBLIC identities (the
   attacker's own data); private faces never leave the run as pictures.
+* Plumbing: `target_set` (the private test images, each with a partner image of the same
+  identity for type 2), `public_set` (the attacker's images, ~10% held out for grids),
+  `augment` (flip, shift, colour jitter of public images), `frozen` (a system queried or
+  differentiated through, never changed), `config_from` (param overrides, typos refused).
 
 Threat model of the attacks that use this: the attacker trains only on public identities
 (split == "public"); private identities (train, test) are only ever targets.
@@ -33,8 +37,8 @@ from PIL import Image
 from torch import nn
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from components.metrics.embeddings import extract_features, to_model_tensor
 from components.attacks.base import NotApplicable
+from components.metrics.embeddings import extract_features, to_model_tensor
 from components.metrics.verification import roc
 
 __all__ = [
@@ -42,7 +46,9 @@ __all__ = [
     "PSNR_CAP_DB",
     "ssim_psnr",
     "sar_threshold",
+    "threshold_at_far",
     "sar",
+    "accept_rate",
     "reconstruction_grid",
     "evaluation_features",
     "Targets",
@@ -131,22 +137,19 @@ def sar_threshold(evaluation, images: np.ndarray, manifest: pd.DataFrame, pairs:
     so that the rule `cosine > threshold` accepts no impostor there. With n impostor pairs
     and far < 1/n this is (about) the highest impostor score: FMR is then 0 on the pairs.
     """
-    far = float(far)
-    if not (0.0 < far < 1.0):
-        raise ValueError(f"far must be in (0, 1), got {far}")
-    a = pairs["a"].to_numpy()
-    b = pairs["b"].to_numpy()
-    labels = pairs["label"].to_numpy()
-    rows = np.unique(np.concatenate([a, b]))
+    rows = _pair_rows(pairs)
     if rows.min() < 0 or rows.max() >= len(images):
         raise ValueError(f"pairs index images outside the store (range {rows.min()}..{rows.max()}, "
                          f"{len(images)} images)")
     del manifest  # pairs carry manifest indices == rows of the image store
-    feats = evaluation_features(evaluation, images[rows])
-    pos = {int(r): i for i, r in enumerate(rows)}
-    fa = feats[[pos[int(i)] for i in a]]
-    fb = feats[[pos[int(i)] for i in b]]
-    scores = np.einsum("ij,ij->i", fa, fb).astype(np.float64)
+    return _threshold_from_features(evaluation_features(evaluation, images[rows]), rows, pairs, far)
+
+
+def threshold_at_far(scores: np.ndarray, labels: np.ndarray, far: float = 1e-3) -> float:
+    """The `sar_threshold` rule on given similarity scores and 1/0 labels (see there)."""
+    far = float(far)
+    if not (0.0 < far < 1.0):
+        raise ValueError(f"far must be in (0, 1), got {far}")
     fpr, _, thr = roc(scores, labels)
     j = int(np.searchsorted(fpr, far, side="right")) - 1
     if fpr[j] == far or j == fpr.shape[0] - 1:
@@ -159,33 +162,41 @@ def sar_threshold(evaluation, images: np.ndarray, manifest: pd.DataFrame, pairs:
     return float(hi + w * (lo - hi))
 
 
+def _pair_rows(pairs: pd.DataFrame) -> np.ndarray:
+    return np.unique(np.concatenate([pairs["a"].to_numpy(), pairs["b"].to_numpy()]))
+
+
+def _threshold_from_features(feats: np.ndarray, rows: np.ndarray, pairs: pd.DataFrame, far: float) -> float:
+    """Threshold from L2-normalised features `feats[i]` of manifest index `rows[i]`."""
+    pos = pd.Series(np.arange(len(rows)), index=rows)
+    fa = feats[pos[pairs["a"].to_numpy()].to_numpy()]
+    fb = feats[pos[pairs["b"].to_numpy()].to_numpy()]
+    scores = np.einsum("ij,ij->i", fa, fb).astype(np.float64)
+    return threshold_at_far(scores, pairs["label"].to_numpy(), far)
+
+
+def accept_rate(f_recon: np.ndarray, f_ref: np.ndarray, threshold: float) -> float:
+    """Share of rows whose cosine (rows L2-normalised) is > threshold."""
+    if f_recon.shape != f_ref.shape:
+        raise ValueError(f"feature shapes differ: {f_recon.shape} vs {f_ref.shape}")
+    return float(np.mean(np.einsum("ij,ij->i", f_recon, f_ref) > threshold))
+
+
 def sar(evaluation, recon, sources, others, threshold: float) -> tuple[float, float]:
     """(SAR type 1, SAR type 2): share of reconstructions whose evaluation cosine with the
     source image (type 1) / with another image of the same identity (type 2) is > threshold.
 
-    recon[i] reconstructs sources[i]; others[i] is another image of sources[i]'s identity.
-    `others` may be None (type 2 is then NaN) or shorter than recon when given as
-    (images, positions): pass `others=(images, pos)` to compare recon[pos] with images.
+    recon[i] reconstructs sources[i]; others[i] is another image of sources[i]'s identity
+    (None: type 2 is NaN). Images as in `evaluation_features`. Sanity anchors: the sources
+    themselves as `recon` give type 1 = 1 (cosine 1 > any threshold < 1); type 2 of the
+    sources is the evaluation model's own TAR on those pairs, the ceiling of type 2.
     """
     fr = evaluation_features(evaluation, recon)
     fs = evaluation_features(evaluation, sources)
-    if fr.shape != fs.shape:
-        raise ValueError(f"recon {fr.shape[0]} and sources {fs.shape[0]} differ in number")
-    type1 = float(np.mean(np.sum(fr * fs, axis=1) > threshold))
+    type1 = accept_rate(fr, fs, threshold)
     if others is None:
         return type1, float("nan")
-    if isinstance(others, tuple):
-        oimg, opos = others
-        opos = np.asarray(opos, dtype=np.int64)
-    else:
-        oimg, opos = others, np.arange(fr.shape[0])
-    if len(opos) == 0:
-        return type1, float("nan")
-    fo = evaluation_features(evaluation, oimg)
-    if fo.shape[0] != len(opos):
-        raise ValueError(f"{fo.shape[0]} other images for {len(opos)} reconstructions")
-    type2 = float(np.mean(np.sum(fr[opos] * fo, axis=1) > threshold))
-    return type1, type2
+    return type1, accept_rate(fr, evaluation_features(evaluation, others), threshold)
 
 
 # --------------------------------------------------------------------------- grid
@@ -272,17 +283,30 @@ def public_set(images: np.ndarray, manifest: pd.DataFrame, holdout: float = 0.1,
     return to_model_tensor(images[train]), to_model_tensor(images[hold]) if n_hold else torch.empty(0)
 
 
-def reconstruction_measures(evaluation, recons: torch.Tensor, targets: Targets, threshold: float) -> dict:
-    """The metrics.json block of a reconstruction attack: ssim (clipped to [0, 1]: negative
-    mean SSIM carries no more of the face than 0), psnr_db, sar_type1, sar_type2."""
+def reconstruction_measures(evaluation, recons: torch.Tensor, targets: Targets, pairs: pd.DataFrame,
+                            far: float = 1e-3) -> tuple[dict, float]:
+    """(the metrics.json block of a reconstruction attack, the SAR threshold used).
+
+    ssim is clipped to [0, 1] (a negative mean SSIM carries no more of the face than 0);
+    psnr_db; sar_type1 / sar_type2 as in `sar`, at `sar_threshold(..., far)` on `pairs`.
+    Each image's evaluation features are computed once: the test pairs' images are among
+    the targets, so their features serve the threshold too. Type 2 runs over the targets
+    that have a partner (all of them under the data contract)."""
     has = np.flatnonzero(targets.partner >= 0)
     if len(has) == 0:   # cannot happen with the data contract (>= 2 images per identity)
         raise NotApplicable("no target identity has a second image: SAR type 2 is undefined")
     s, p = ssim_psnr(recons, targets.images)
-    others = (targets.images[targets.partner[has]], has)
-    s1, s2 = sar(evaluation, recons, targets.images, others, threshold)
-    return {"ssim": float(min(1.0, max(0.0, s))), "psnr_db": float(p),
-            "sar_type1": float(s1), "sar_type2": float(s2)}
+    fs = evaluation_features(evaluation, targets.images)
+    rows = _pair_rows(pairs)
+    if not np.isin(rows, targets.rows).all():
+        raise ValueError("the verification pairs refer to images outside the targets (expected clean test pairs)")
+    threshold = _threshold_from_features(fs, targets.rows, pairs, far)
+    fr = evaluation_features(evaluation, recons)
+    s1 = accept_rate(fr, fs, threshold)
+    s2 = accept_rate(fr[has], fs[targets.partner[has]], threshold)
+    measures = {"ssim": float(min(1.0, max(0.0, s))), "psnr_db": float(p),
+                "sar_type1": float(s1), "sar_type2": float(s2)}
+    return measures, threshold
 
 
 class frozen:

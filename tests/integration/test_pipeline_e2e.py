@@ -54,8 +54,17 @@ def test_whole_graph_writes_contract_metrics_tracks_and_registers(pipeline, mlfl
     assert set(base["utility"]) == CONTRACT_UTILITY
     assert all(0.0 <= v <= 1.0 for v in base["utility"].values())
     assert base["scores"]["utility"] == pytest.approx(1.0)
-    assert "privacy" not in base["scores"]          # no attack measured yet: nothing invented
-    assert (tmp / "reports" / "report.html").read_text().count("<img") >= 3
+    attacks = base["attacks"]
+    for name in ("template_inversion", "representation_recovery"):
+        assert set(attacks[name]) == {"ssim", "psnr_db", "sar_type1", "sar_type2"}
+    assert set(attacks["model_inversion"]) == {"top1", "top5", "knn_dist"}
+    assert set(attacks["membership_inference"]) == {"auc", "tpr_at_fpr_1e-2", "advantage"}
+    assert set(attacks["attribute_inference"]) >= {"sex", "skin"}
+    assert all(set(m) == {"balanced_accuracy", "chance", "leakage_bits"}
+               for m in attacks["attribute_inference"].values())
+    assert 0.0 <= base["scores"]["privacy"] <= 1.0 and 0.0 <= base["scores"]["overall"] <= 1.0
+    # reconstruction grids and the membership ROC are inlined beside the three report figures
+    assert (tmp / "reports" / "report.html").read_text().count("<img") >= 6
     assert (tmp / "reports" / "gx").is_dir()
 
     # MLflow: one run per asset partition, tagged; the registered version and alias

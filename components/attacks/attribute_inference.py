@@ -1,0 +1,261 @@
+"""Attribute inference from stored templates: what do the templates a server keeps reveal
+about sensitive attributes of the person (sex, skin tone, ...)? (DESIGN.md section 7,
+metrics.json block ``attribute_inference``.)
+
+The idea. Face templates are trained to encode identity only, yet they also encode
+soft-biometric attributes (Terhörst et al., "On Soft-Biometric Information Stored in
+Biometric Face Embeddings", IEEE T-BIOM 2021; Dhar et al., "How are attributes expressed
+in face DCNNs?", FG 2020): a small classifier -- a probe -- trained on templates of people
+whose attributes are known predicts the attribute of anyone else's template. Privacy
+enhancing templates (PE-MIU, SensitiveNets, the variational privacy funnel of the dvpf
+defense) are judged by how far they push such a probe back to chance. Leakage in bits
+follows the variational bound used by the privacy funnel (Razeghi et al., "Deep
+Variational Privacy Funnel", ICASSP 2024; Barber and Agakov 2003): for any probe q(s|z),
+I(S; Z) >= H(S) - E[-log q(S|Z)], so H(S) minus the probe's held-out cross-entropy is a
+lower bound on the information the templates carry about S.
+
+Variant built here. Features: the stored template ``system(x)`` of every image,
+flip-averaged and L2-normalised (the verification protocol), standardised. Probe: a
+scikit-learn ``MLPClassifier`` (one hidden ReLU layer by default, Adam, L2 penalty
+``alpha``, fixed seed) per attribute column. Splits: identity-disjoint cross-fitting over
+ALL identities of the manifest (every split), ``StratifiedGroupKFold`` with the identity
+as group and the attribute as stratum, so every image is predicted by a probe that never
+saw any image of that person; the out-of-fold predictions of all folds are pooled and
+scored once. This uses every labelled identity for training (the attacker of the threat
+model below holds attributes of public identities only; pooling all identities gives the
+probe 4-5x more people per class at the same identity-disjointness, i.e. a stronger,
+lower-variance estimate of what the templates carry -- the auditor's worst case rather
+than one attacker's luck). Calibration: an overconfident probe has a held-out
+cross-entropy above H(S) even when it predicts well, which would hide real leakage, so
+by default each fold also fits a softmax temperature on an inner identity-disjoint
+validation split of its own training identities and applies it to its held-out
+predictions (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017).
+
+Measures per attribute column (columns not declared by the manifest schema,
+``components.data.schema.attribute_columns``): ``balanced_accuracy`` of the pooled
+out-of-fold predictions; ``chance``, the balanced accuracy of the majority-class predictor
+(= 1/K for the K values present); ``leakage_bits`` = max(0, H(S) - CE) / ln 2, with H(S)
+the entropy of the attribute's empirical distribution over the held-out (= all evaluated)
+images and CE the probe's mean held-out cross-entropy, both in nats. Attributes with a
+single value, or with fewer than two identities per value, cannot be probed and are left
+out (listed in the strength under ``skipped``); with no attribute column at all the attack
+raises NotApplicable.
+
+Threat model: the attacker (a curious server, or a thief of the template database) reads
+stored templates and has a labelled set of templates from the same system -- faces of
+people whose attributes it knows, enrolled through the system like anyone else. It needs
+no images of the victims and no model weights.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize_scalar
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import balanced_accuracy_score
+from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+from components.attacks.base import AttackContext, AttackResult, NotApplicable
+from components.attacks.measures import frozen
+from components.data.schema import attribute_columns
+from components.defenses.base import ProtectedSystem
+from components.metrics.embeddings import extract_features
+
+__all__ = ["ATTACK", "DEFAULTS", "AttributeInference", "leakage_measures", "probe_attribute", "templates"]
+
+DEFAULTS: dict = {
+    "hidden": [64],                  # MLP hidden layer sizes
+    "alpha": 1e-3,                   # L2 penalty of the MLP
+    "max_iter": 300,                 # Adam epochs (upper bound; sklearn stops early on a plateau)
+    "lr": 1e-3,                      # Adam learning rate
+    "folds": 5,                      # identity-disjoint outer folds (fewer if an attribute value has fewer identities)
+    "calibrate": True,               # fit a softmax temperature on an inner identity-disjoint split
+    "max_images_per_identity": 0,    # 0 = all; else a seeded subset per identity (cost knob)
+    "flip": True,                    # flip-average templates
+    "batch_size": 256,
+}
+
+_P_FLOOR = 1e-6   # probabilities are floored here (then renormalised): cross-entropy stays finite
+
+
+def templates(system: ProtectedSystem, images: np.ndarray, flip: bool = True, batch_size: int = 256,
+              device="cpu") -> np.ndarray:
+    """Stored templates of uint8 images: system(x), flip-averaged, L2-normalised (float64)."""
+    t = extract_features(system, images, batch_size=batch_size, flip=flip, device=device).astype(np.float64)
+    return t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
+
+
+def leakage_measures(y: np.ndarray, proba: np.ndarray) -> dict:
+    """{"balanced_accuracy", "chance", "leakage_bits"} of held-out class probabilities
+    ``proba`` (N, K) for integer labels ``y`` in 0..K-1 (every class present in y)."""
+    y = np.asarray(y, dtype=np.int64)
+    k = proba.shape[1]
+    counts = np.bincount(y, minlength=k)
+    present = counts > 0
+    freq = counts[present] / counts.sum()
+    h = float(-(freq * np.log(freq)).sum())
+    p = np.clip(proba, _P_FLOOR, None)
+    p = p / p.sum(axis=1, keepdims=True)
+    ce = float(-np.mean(np.log(p[np.arange(len(y)), y])))
+    return {
+        "balanced_accuracy": float(balanced_accuracy_score(y, p.argmax(axis=1))),
+        "chance": 1.0 / int(present.sum()),
+        "leakage_bits": max(0.0, h - ce) / math.log(2.0),
+    }
+
+
+def _fit(x, y, p: dict, seed: int):
+    clf = make_pipeline(StandardScaler(), MLPClassifier(
+        hidden_layer_sizes=tuple(int(h) for h in p["hidden"]), alpha=float(p["alpha"]),
+        learning_rate_init=float(p["lr"]), max_iter=int(p["max_iter"]), random_state=seed))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(x, y)
+    return clf
+
+
+def _log_proba(clf, x, k: int) -> np.ndarray:
+    """(N, k) floored log-probabilities over all k classes (classes unseen in training get the floor)."""
+    p = np.full((len(x), k), _P_FLOOR)
+    classes = clf.classes_
+    p[:, classes] = np.maximum(clf.predict_proba(x), _P_FLOOR)
+    p /= p.sum(axis=1, keepdims=True)
+    return np.log(p)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _fit_temperature(logp: np.ndarray, y: np.ndarray) -> float:
+    """Temperature T minimising the cross-entropy of softmax(logp / T) on (logp, y)."""
+    def ce(log_t):
+        q = np.clip(_softmax(logp / math.exp(log_t)), _P_FLOOR, None)
+        return float(-np.mean(np.log(q[np.arange(len(y)), y])))
+    res = minimize_scalar(ce, bounds=(math.log(0.05), math.log(100.0)), method="bounded")
+    return float(math.exp(res.x))
+
+
+def _n_folds(groups_per_class: np.ndarray, wanted: int) -> int:
+    return int(max(2, min(wanted, groups_per_class.min())))
+
+
+def probe_attribute(z: np.ndarray, labels, groups: np.ndarray, p: dict, seed: int = 0) -> tuple[dict, dict]:
+    """Identity-disjoint cross-fitted probe of one attribute. Returns (measures, details).
+
+    z: (N, D) templates; labels: (N,) attribute values; groups: (N,) identity of each row."""
+    p = {**DEFAULTS, **p}
+    classes, y = np.unique(np.asarray(labels), return_inverse=True)
+    k = len(classes)
+    id_class = pd.Series(y).groupby(np.asarray(groups)).first()
+    groups_per_class = np.bincount(id_class.to_numpy(), minlength=k)
+    folds = _n_folds(groups_per_class, int(p["folds"]))
+    proba = np.zeros((len(y), k))
+    temps, n_train = [], []
+    outer = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
+        # one BLAS thread: tiny matrices, and oversubscribed BLAS threads on a busy CPU make
+        # sklearn's MLP 10-100x slower
+        warnings.simplefilter("ignore", UserWarning)   # "least populated class" notices of small strata
+        for i, (tr, te) in enumerate(outer.split(z, y, groups)):
+            t = 1.0
+            if p["calibrate"]:
+                inner_groups = groups[tr]
+                inner_gpc = np.bincount(pd.Series(y[tr]).groupby(inner_groups).first().to_numpy(), minlength=k)
+                if (inner_gpc[inner_gpc > 0] >= 2).all():
+                    inner = StratifiedGroupKFold(n_splits=_n_folds(inner_gpc[inner_gpc > 0], 4),
+                                                 shuffle=True, random_state=seed + 1000 + i)
+                    itr, iva = next(inner.split(z[tr], y[tr], inner_groups))
+                    clf = _fit(z[tr][itr], y[tr][itr], p, seed)
+                    t = _fit_temperature(_log_proba(clf, z[tr][iva], k), y[tr][iva])
+            clf = _fit(z[tr], y[tr], p, seed)
+            proba[te] = _softmax(_log_proba(clf, z[te], k) / t)
+            temps.append(t)
+            n_train.append(len(np.unique(groups[tr])))
+    measures = leakage_measures(y, proba)
+    details = {"folds": folds, "train_identities_per_fold": float(np.mean(n_train)),
+               "temperatures": [round(v, 4) for v in temps], "classes": [str(c) for c in classes],
+               "identities_per_class": {str(c): int(n) for c, n in zip(classes, groups_per_class)}}
+    return measures, details
+
+
+class AttributeInference:
+    name = "attribute_inference"
+
+    def applies_to(self, system: ProtectedSystem) -> str | None:
+        return None   # every system stores templates; whether the data has attributes is decided in run
+
+    def run(self, ctx: AttackContext) -> AttackResult:
+        p = {**DEFAULTS, **(ctx.params or {})}
+        unknown = set(p) - set(DEFAULTS)
+        if unknown:
+            raise ValueError(f"attribute_inference: unknown params {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+        m = ctx.manifest
+        attrs = attribute_columns(m)
+        if not attrs:
+            raise NotApplicable("no sensitive attribute columns in the dataset")
+        part = m.sort_values("index")
+        cap = int(p["max_images_per_identity"])
+        if cap > 0:   # a seeded subset of each identity's images
+            rng = np.random.default_rng(ctx.seed)
+            keep = [idx if len(idx) <= cap else rng.choice(idx, cap, replace=False)
+                    for idx in part.groupby("identity", sort=True)["index"].agg(np.asarray)]
+            part = part[part["index"].isin(np.concatenate(keep))]
+        groups = part["identity"].to_numpy()
+
+        probeable, skipped = [], {}
+        for a in attrs:
+            per_id = part.groupby("identity")[a].first()
+            counts = per_id.value_counts()
+            if len(counts) < 2:
+                skipped[a] = "a single value"
+            elif counts.min() < 2:
+                skipped[a] = f"value {counts.idxmin()!r} has fewer than two identities"
+            else:
+                probeable.append(a)
+        if not probeable:
+            raise NotApplicable("no attribute column can be probed (" +
+                                "; ".join(f"{a}: {why}" for a, why in skipped.items()) + ")")
+
+        with frozen(ctx.system) as system:
+            params_ = list(system.parameters()) + list(system.buffers())
+            device = params_[0].device if params_ else ctx.device
+            z = templates(system, ctx.images[part["index"].to_numpy()], flip=bool(p["flip"]),
+                          batch_size=int(p["batch_size"]), device=device)
+
+        measures, details = {}, {}
+        for a in probeable:
+            measures[a], details[a] = probe_attribute(z, part[a].astype(str).to_numpy(), groups, p, seed=ctx.seed)
+        hidden = "-".join(str(int(h)) for h in p["hidden"])
+        strength = {
+            "probe": f"MLP({hidden})",
+            "features": "stored templates, flip-averaged, L2-normalised, standardised",
+            "split": "identity-disjoint StratifiedGroupKFold over all identities, out-of-fold predictions pooled",
+            "identities": int(len(np.unique(groups))),
+            "images": int(len(groups)),
+            "train_identities": {a: details[a]["train_identities_per_fold"] for a in probeable},
+            "test_identities": int(len(np.unique(groups))),   # each held out once, by a probe that never saw it
+            "folds": {a: details[a]["folds"] for a in probeable},
+            "max_iter": int(p["max_iter"]),
+            "alpha": float(p["alpha"]),
+            "lr": float(p["lr"]),
+            "calibrate": bool(p["calibrate"]),
+            "temperatures": {a: details[a]["temperatures"] for a in probeable},
+            "identities_per_class": {a: details[a]["identities_per_class"] for a in probeable},
+            "skipped": skipped,
+            "seed": int(ctx.seed),
+        }
+        return AttackResult(measures=measures, strength=strength, artifacts={})
+
+
+ATTACK = AttributeInference()

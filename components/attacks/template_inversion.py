@@ -1,0 +1,197 @@
+"""Template inversion: reconstruct a face from the template the server stores.
+
+Idea. Mai et al., "On the reconstruction of face images from deep face templates" (NbNet,
+TPAMI 2019) train a de-convolutional decoder from templates to images and count an attack
+successful when an FR system accepts the reconstruction against the source image (type I)
+or against another image of the same person (type II). Otroshi Shahreza et al. ("Face
+reconstruction from deep facial embeddings using a convolutional neural network", ICIP
+2022) train such a decoder with a pixel loss plus an identity loss through the attacked
+FR model (white box), which makes reconstructions match the target template.
+
+Variant built here (CPU scale). An upsample+conv generator (nearest-neighbour 2x upsampling
+then two 3x3 conv-BN-LeakyReLU per stage, no transposed convs, so no checkerboard
+artefacts): a linear layer maps the template (scaled by sqrt(D)) to an 8w x 4 x 4 map, one
+stage per doubling up to the image size (three at 32 px, four at 64 px; widths 8w, 4w, 2w,
+w, w, ...), a 3x3 conv and tanh give the image in [-1, 1]. Loss
+    w_l1 * L1 + w_ssim * (1 - SSIM) + w_id * (1 - cos(T(recon), t)),
+T = template(embed(protect(.))) of the attacked system, frozen, differentiated through
+(gradients flow to the image only; a stochastic protect draws fresh noise each call; a
+protect that does not depend differentiably on its input simply contributes no identity
+gradient). Adam with a cosine learning-rate schedule. The public images are augmented
+(flip, 2 px shifts, colour jitter) and their templates recomputed on every batch, so each
+augmented image is a fresh (template, image) pair.
+
+Threat model. The attacker holds the stored templates of the enrolled (test-split,
+private) images and white-box access to the deployed system, and trains only on public
+identities (split == "public"), templates computed by querying the system. ~10% of the
+public images are held out of training and drawn, with their reconstructions, in the
+grid artifact; private faces are only targets and never drawn. Measures: SSIM/PSNR of the
+decoded stored templates against their sources, and SAR type 1/2 judged by the
+independent evaluation model at FMR = 1e-3 on the clean test pairs (measures.py).
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchmetrics.functional.image import structural_similarity_index_measure as ssim_fn
+
+from components.attacks.base import AttackContext, AttackResult
+from components.attacks.measures import (DATA_RANGE, augment, batched, config_from, frozen, public_set,
+                                         reconstruction_grid, reconstruction_measures, target_set)
+from components.defenses.base import ProtectedSystem
+
+
+@dataclass
+class TemplateInversionConfig:
+    epochs: int = 30
+    lr: float = 2e-3
+    batch_size: int = 16
+    w_l1: float = 1.0
+    w_ssim: float = 1.0
+    w_id: float = 1.0
+    width: int = 16           # channels of the last stage; earlier stages have 2x, 4x, 8x
+    seed: int | None = None   # None: the context's seed
+    holdout: float = 0.1      # share of public images kept out of training, drawn in the grid
+    augment: bool = True
+    far: float = 1e-3         # FMR of the SAR threshold
+    grid_n: int = 8
+    weight_decay: float = 0.0
+
+
+def _block(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Upsample(scale_factor=2, mode="nearest"),
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.LeakyReLU(0.2, inplace=True),
+    )
+
+
+class TemplateDecoder(nn.Module):
+    """Template (N, D) -> image (N, 3, H, W) in [-1, 1]: linear to 4x4, upsample+conv stages."""
+
+    def __init__(self, dim: int, size: tuple[int, int], width: int = 32):
+        super().__init__()
+        h, w = size
+        self.size = (int(h), int(w))
+        self.scale = math.sqrt(dim)
+        stages = max(1, math.ceil(math.log2(max(h, w) / 4)))
+        chans = [width * min(8, 2 ** (stages - i)) for i in range(stages + 1)]
+        self.c0 = chans[0]
+        self.fc = nn.Sequential(nn.Linear(dim, chans[0] * 16), nn.BatchNorm1d(chans[0] * 16),
+                                nn.LeakyReLU(0.2, inplace=True))
+        self.stages = nn.Sequential(*[_block(chans[i], chans[i + 1]) for i in range(stages)])
+        self.out = nn.Conv2d(chans[-1], 3, 3, padding=1)
+        self.architecture = (f"upsample+conv decoder: linear {dim}->{chans[0]}x4x4, "
+                             f"{stages} x [nearest 2x, 2 conv3x3-BN-LReLU] {chans[1:]}, conv3x3, tanh")
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        x = self.fc(t * self.scale).view(t.shape[0], self.c0, 4, 4)
+        x = self.out(self.stages(x))
+        if x.shape[-2:] != self.size:
+            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False)
+        return torch.tanh(x)
+
+
+def _identity_loss(system: ProtectedSystem, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
+    t = system(recon)
+    if not t.requires_grad:          # protect does not depend (differentiably) on the image
+        return None
+    return (1 - F.cosine_similarity(t, target, dim=1)).mean()
+
+
+class TemplateInversion:
+    name = "template_inversion"
+
+    def applies_to(self, system: ProtectedSystem) -> str | None:
+        return None                  # every system stores templates
+
+    def run(self, ctx: AttackContext) -> AttackResult:
+        cfg = config_from(TemplateInversionConfig, ctx.params)
+        seed = ctx.seed if cfg.seed is None else cfg.seed
+        device = torch.device(ctx.device)
+        start = time.perf_counter()
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        train_x, hold_x = public_set(ctx.images, ctx.manifest, holdout=cfg.holdout, seed=seed)
+        targets = target_set(ctx.images, ctx.manifest, "test")
+        size = tuple(train_x.shape[-2:])
+        bs = max(2, min(cfg.batch_size, train_x.shape[0]))   # BatchNorm needs 2 per batch
+
+        with frozen(ctx.system, device) as system:
+            dim = batched(system, train_x[:2], 2, device).shape[1]
+            decoder = TemplateDecoder(dim, size, cfg.width).to(device)
+            opt = torch.optim.Adam(decoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            steps_per_epoch = train_x.shape[0] // bs
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * steps_per_epoch))
+            id_used = False
+            history = []
+            for epoch in range(cfg.epochs):
+                decoder.train()
+                perm = torch.randperm(train_x.shape[0], generator=gen)
+                total = 0.0
+                for i in range(steps_per_epoch):     # drop the ragged last batch (BatchNorm)
+                    xb = train_x[perm[i * bs:(i + 1) * bs]]
+                    if cfg.augment:
+                        xb = augment(xb, gen)
+                    xb = xb.to(device)
+                    with torch.no_grad():
+                        tb = system(xb)
+                    recon = decoder(tb)
+                    loss = cfg.w_l1 * F.l1_loss(recon, xb)
+                    if cfg.w_ssim:
+                        loss = loss + cfg.w_ssim * (1 - ssim_fn(recon, xb, data_range=DATA_RANGE))
+                    if cfg.w_id:
+                        lid = _identity_loss(system, recon, tb)
+                        if lid is not None:
+                            loss = loss + cfg.w_id * lid
+                            id_used = True
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                    total += float(loss.detach())
+                history.append(total / max(1, steps_per_epoch))
+                if ctx.progress:
+                    print(f"[template_inversion:{ctx.defense}] epoch {epoch + 1}/{cfg.epochs} loss {history[-1]:.4f}")
+
+            decoder.eval()
+            stored = batched(system, targets.images, 64, device)          # the enrolled templates
+            recons = batched(decoder, stored, 64, device)
+            grid_recons = batched(lambda x: decoder(system(x)), hold_x, 64, device) if len(hold_x) else None
+
+        measures, threshold = reconstruction_measures(ctx.evaluation, recons, targets, ctx.pairs, far=cfg.far)
+        workdir = Path(ctx.workdir) if ctx.workdir is not None else Path(tempfile.mkdtemp(prefix="privface-ti-"))
+        artifacts = {}
+        if grid_recons is not None:
+            artifacts["grid"] = reconstruction_grid(hold_x, grid_recons, workdir / "template_inversion_grid.png",
+                                                    n=cfg.grid_n, splits=["public"] * len(hold_x))
+        strength = {
+            "attacker_images": int(train_x.shape[0]),
+            "epochs": int(cfg.epochs),
+            "lr": float(cfg.lr),
+            "batch_size": int(bs),
+            "architecture": f"upsample+conv decoder (width {cfg.width}, {len(decoder.stages)} stages)",
+            "parameters": int(sum(p.numel() for p in decoder.parameters())),
+            "loss": "L1+(1-SSIM)+identity",
+            "loss_weights": {"l1": cfg.w_l1, "ssim": cfg.w_ssim, "identity": cfg.w_id},
+            "identity_loss_used": bool(id_used),
+            "augment": bool(cfg.augment),
+            "threshold": float(threshold),
+            "targets": int(len(targets.rows)),
+            "seconds": round(time.perf_counter() - start, 2),
+            "final_loss": float(history[-1]) if history else float("nan"),
+        }
+        return AttackResult(measures=measures, strength=strength, artifacts=artifacts)
+
+
+ATTACK = TemplateInversion()
+
+__all__ = ["ATTACK", "TemplateInversion", "TemplateInversionConfig", "TemplateDecoder"]
