@@ -376,3 +376,35 @@ def batched(fn, x: torch.Tensor, batch_size: int, device) -> torch.Tensor:
         for i in range(0, x.shape[0], batch_size):
             out.append(fn(x[i:i + batch_size].to(device)).detach().to("cpu"))
     return torch.cat(out)
+
+
+def fit_reconstructor(net: nn.Module, train_x: torch.Tensor, batch_loss, cfg, gen: torch.Generator, device,
+                      label: str = "", progress: bool = False) -> list[float]:
+    """The training loop both reconstruction attacks share: Adam with a cosine schedule over
+    `cfg.epochs` shuffled (and, with `cfg.augment`, augmented) public batches; the ragged last
+    batch is dropped for BatchNorm. `batch_loss(xb)` gives the attack's loss on a batch.
+    Returns the mean loss per epoch."""
+    bs = max(2, min(cfg.batch_size, train_x.shape[0]))
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = train_x.shape[0] // bs
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * steps_per_epoch))
+    history = []
+    for epoch in range(cfg.epochs):
+        net.train()
+        perm = torch.randperm(train_x.shape[0], generator=gen)
+        total = 0.0
+        for i in range(steps_per_epoch):
+            xb = train_x[perm[i * bs:(i + 1) * bs]]
+            if cfg.augment:
+                xb = augment(xb, gen)
+            loss = batch_loss(xb.to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach())
+        history.append(total / max(1, steps_per_epoch))
+        if progress:
+            print(f"[{label}] epoch {epoch + 1}/{cfg.epochs} loss {history[-1]:.4f}")
+    net.eval()
+    return history

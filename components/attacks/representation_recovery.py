@@ -45,8 +45,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from components.attacks.base import AttackContext, AttackResult, NotApplicable
-from components.attacks.measures import (augment, batched, config_from, frozen, public_set, reconstruction_grid,
-                                         reconstruction_measures, target_set)
+from components.attacks.measures import (batched, config_from, fit_reconstructor, frozen, public_set,
+                                         reconstruction_grid, reconstruction_measures, target_set)
 from components.defenses.base import ProtectedSystem
 
 
@@ -152,34 +152,17 @@ class RepresentationRecovery:
             if probe.ndim != 4:
                 raise NotApplicable(f"protect returns shape {tuple(probe.shape[1:])}, not a (C, h, w) map")
             net = RecoveryUNet(tuple(probe.shape[1:]), size, cfg.width, cfg.depth).to(device)
-            opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-            steps_per_epoch = train_x.shape[0] // bs
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * steps_per_epoch))
-            history, queries = [], 0
-            for epoch in range(cfg.epochs):
-                net.train()
-                perm = torch.randperm(train_x.shape[0], generator=gen)
-                total = 0.0
-                for i in range(steps_per_epoch):     # drop the ragged last batch (BatchNorm)
-                    xb = train_x[perm[i * bs:(i + 1) * bs]]
-                    if cfg.augment:
-                        xb = augment(xb, gen)
-                    xb = xb.to(device)
-                    with torch.no_grad():
-                        rep = system.protect(xb)      # a fresh query: fresh noise for stochastic defenses
-                    queries += xb.shape[0]
-                    loss = F.l1_loss(net(rep), xb)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-                    total += float(loss.detach())
-                history.append(total / max(1, steps_per_epoch))
-                if ctx.progress:
-                    print(f"[representation_recovery:{ctx.defense}] epoch {epoch + 1}/{cfg.epochs} "
-                          f"L1 {history[-1]:.4f}")
+            queries = 0
 
-            net.eval()
+            def batch_loss(xb):
+                nonlocal queries
+                with torch.no_grad():
+                    rep = system.protect(xb)      # a fresh query: fresh noise for stochastic defenses
+                queries += xb.shape[0]
+                return F.l1_loss(net(rep), xb)
+
+            history = fit_reconstructor(net, train_x, batch_loss, cfg, gen, device,
+                                        label=f"representation_recovery:{ctx.defense}", progress=ctx.progress)
             intercepted = batched(system.protect, targets.images, 64, device)   # what the clients sent
             recons = batched(net, intercepted, 64, device)
             grid_recons = batched(lambda x: net(system.protect(x)), hold_x, 64, device) if len(hold_x) else None

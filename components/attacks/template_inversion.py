@@ -44,8 +44,8 @@ from torch.nn import functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim_fn
 
 from components.attacks.base import AttackContext, AttackResult
-from components.attacks.measures import (DATA_RANGE, augment, batched, config_from, frozen, public_set,
-                                         reconstruction_grid, reconstruction_measures, target_set)
+from components.attacks.measures import (DATA_RANGE, batched, config_from, fit_reconstructor, frozen,
+                                         public_set, reconstruction_grid, reconstruction_measures, target_set)
 from components.defenses.base import ProtectedSystem
 
 
@@ -128,41 +128,25 @@ class TemplateInversion:
         with frozen(ctx.system, device) as system:
             dim = batched(system, train_x[:2], 2, device).shape[1]
             decoder = TemplateDecoder(dim, size, cfg.width).to(device)
-            opt = torch.optim.Adam(decoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-            steps_per_epoch = train_x.shape[0] // bs
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * steps_per_epoch))
             id_used = False
-            history = []
-            for epoch in range(cfg.epochs):
-                decoder.train()
-                perm = torch.randperm(train_x.shape[0], generator=gen)
-                total = 0.0
-                for i in range(steps_per_epoch):     # drop the ragged last batch (BatchNorm)
-                    xb = train_x[perm[i * bs:(i + 1) * bs]]
-                    if cfg.augment:
-                        xb = augment(xb, gen)
-                    xb = xb.to(device)
-                    with torch.no_grad():
-                        tb = system(xb)
-                    recon = decoder(tb)
-                    loss = cfg.w_l1 * F.l1_loss(recon, xb)
-                    if cfg.w_ssim:
-                        loss = loss + cfg.w_ssim * (1 - ssim_fn(recon, xb, data_range=DATA_RANGE))
-                    if cfg.w_id:
-                        lid = _identity_loss(system, recon, tb)
-                        if lid is not None:
-                            loss = loss + cfg.w_id * lid
-                            id_used = True
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-                    total += float(loss.detach())
-                history.append(total / max(1, steps_per_epoch))
-                if ctx.progress:
-                    print(f"[template_inversion:{ctx.defense}] epoch {epoch + 1}/{cfg.epochs} loss {history[-1]:.4f}")
 
-            decoder.eval()
+            def batch_loss(xb):
+                nonlocal id_used
+                with torch.no_grad():
+                    tb = system(xb)
+                recon = decoder(tb)
+                loss = cfg.w_l1 * F.l1_loss(recon, xb)
+                if cfg.w_ssim:
+                    loss = loss + cfg.w_ssim * (1 - ssim_fn(recon, xb, data_range=DATA_RANGE))
+                if cfg.w_id:
+                    lid = _identity_loss(system, recon, tb)
+                    if lid is not None:
+                        loss = loss + cfg.w_id * lid
+                        id_used = True
+                return loss
+
+            history = fit_reconstructor(decoder, train_x, batch_loss, cfg, gen, device,
+                                        label=f"template_inversion:{ctx.defense}", progress=ctx.progress)
             stored = batched(system, targets.images, 64, device)          # the enrolled templates
             recons = batched(decoder, stored, 64, device)
             grid_recons = batched(lambda x: decoder(system(x)), hold_x, 64, device) if len(hold_x) else None
