@@ -70,14 +70,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from components.attacks.base import AttackContext, AttackResult, NotApplicable
 from components.attacks.measures import frozen
 from components.defenses.base import ProtectedSystem
 from components.metrics.embeddings import extract_features, to_model_tensor
+from components.metrics.plots import roc_plot
 
 __all__ = ["ATTACK", "DEFAULTS", "MembershipInference", "identity_signals", "membership_measures",
            "tpr_at_fpr"]
@@ -167,30 +166,6 @@ def _select_rows(manifest: pd.DataFrame, splits: tuple[str, ...], cap: int, seed
     return part
 
 
-def _roc_png(curves: dict, path: Path, title: str) -> Path:
-    fig = Figure(figsize=(6, 4.5))
-    ax = fig.add_subplot()
-    lo = 1e-3
-    for name, (y, s) in curves.items():
-        fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
-        ax.step(np.maximum(fpr, lo / 10), tpr, where="post", lw=1.5,
-                label=f"{name} (AUC {roc_auc_score(y, s):.3f})")
-    grid = np.logspace(np.log10(lo), 0, 50)
-    ax.plot(grid, grid, ls="--", lw=0.8, color="grey", label="chance")
-    ax.set_xscale("log")
-    ax.set_xlim(lo, 1.0)
-    ax.set_ylim(0.0, 1.01)
-    ax.set_xlabel("False positive rate (non-member identities flagged)")
-    ax.set_ylabel("True positive rate (member identities flagged)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    fig.savefig(path, format="png", dpi=120, bbox_inches="tight")
-    return path
-
-
 class MembershipInference:
     name = "membership_inference"
 
@@ -278,9 +253,11 @@ class MembershipInference:
             curves = {f"combined ({'+'.join(used)})" if mode == "combined" else mode: (y, ev["score"].to_numpy())}
             if mode == "combined" and len(used) > 1:
                 curves.update({c: (y, ev[c].to_numpy()) for c in used})
-            artifacts["membership_roc"] = _roc_png(
-                curves, wd / "membership_roc.png",
-                f"{ctx.defense}: identity membership ({int(y.sum())} members vs {int((y == 0).sum())} non-members)")
+            artifacts["membership_roc"] = roc_plot(
+                {name: (scores, labels) for name, (labels, scores) in curves.items()}, wd / "membership_roc.png",
+                f"{ctx.defense}: identity membership ({int(y.sum())} members vs {int((y == 0).sum())} non-members)",
+                legend="auc", far_min=1e-3, xlabel="False positive rate (non-member identities flagged)",
+                ylabel="True positive rate (member identities flagged)")
             table = sig.rename_axis("identity").reset_index()
             table["member"] = np.where(table["split"] == MEMBER_SPLIT, 1,
                                        np.where(table["split"] == NON_MEMBER_SPLIT, 0, -1))

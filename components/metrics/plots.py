@@ -26,25 +26,31 @@ def _save(fig: Figure, path) -> Path:
     return path
 
 
-def roc_plot(curves: dict, path, title: str | None = None) -> Path:
-    """ROC per named (scores, labels) curve: FAR on a log x-axis (1e-4..1), TAR on y, TAR@FAR=1e-3
-    in each legend entry. Saved as PNG at `path` (parents created); returns the path."""
+def roc_plot(curves: dict, path, title: str | None = None, *, legend: str = "tar",
+             xlabel: str = "False accept rate (FAR)", ylabel: str = "True accept rate (TAR)",
+             far_min: float = _FAR_MIN) -> Path:
+    """ROC per named (scores, labels) curve: FAR on a log x-axis (far_min..1), TAR on y, and in
+    each legend entry TAR@FAR=1e-3 (legend="tar") or the AUC (legend="auc"; e.g. membership
+    inference, with its own axis labels). Saved as PNG at `path` (parents created)."""
     if not curves:
         raise ValueError("roc_plot needs at least one named (scores, labels) curve")
     fig = Figure(figsize=(6, 4.5))
     ax = fig.add_subplot()
     for name, (scores, labels) in curves.items():
         fpr, tpr, _ = roc(scores, labels)
-        tar = tar_at_far(scores, labels, 1e-3)
+        if legend == "auc":
+            note = f"AUC {float(np.trapezoid(tpr, fpr)):.3f}"
+        else:
+            note = f"TAR@FAR=1e-3: {tar_at_far(scores, labels, 1e-3):.4f}"
         # fpr == 0 cannot sit on a log axis: pin it just left of the visible range so lines start at the edge
-        ax.plot(np.maximum(fpr, _FAR_MIN / 10), tpr, lw=1.5, label=f"{name} (TAR@FAR=1e-3: {tar:.4f})")
-    grid = np.logspace(np.log10(_FAR_MIN), 0, 50)
+        ax.plot(np.maximum(fpr, far_min / 10), tpr, lw=1.5, label=f"{name} ({note})")
+    grid = np.logspace(np.log10(far_min), 0, 50)
     ax.plot(grid, grid, ls="--", lw=0.8, color="grey", label="chance")
     ax.set_xscale("log")
-    ax.set_xlim(_FAR_MIN, 1.0)
+    ax.set_xlim(far_min, 1.0)
     ax.set_ylim(0.0, 1.01)
-    ax.set_xlabel("False accept rate (FAR)")
-    ax.set_ylabel("True accept rate (TAR)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     if title:
