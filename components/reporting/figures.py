@@ -11,6 +11,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def _save(fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def training_curves(histories: dict[str, list[dict]], path: str | Path) -> Path:
     """Loss and train accuracy per epoch, one line per model."""
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4))
@@ -23,12 +32,7 @@ def training_curves(histories: dict[str, list[dict]], path: str | Path) -> Path:
     ax_loss.set(xlabel="epoch", ylabel="training loss", title="Loss")
     ax_acc.set(xlabel="epoch", ylabel="train accuracy", title="Train accuracy", ylim=(0, 1.02))
     ax_acc.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
@@ -63,9 +67,4 @@ def tradeoff_plot(scores: dict[str, dict], path: str | Path) -> Path:
     if missing:
         title += f"\n(no attacks measured: {', '.join(missing)})"
     ax.set(xlabel="privacy score", ylabel="utility score", xlim=(0, 1.05), ylim=(0, 1.05), title=title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
