@@ -26,6 +26,7 @@ Threat model of the attacks that use this: the attacker trains only on public id
 from __future__ import annotations
 
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -384,7 +385,7 @@ def fit_reconstructor(net: nn.Module, train_x: torch.Tensor, batch_loss, cfg, ge
     `cfg.epochs` shuffled (and, with `cfg.augment`, augmented) public batches; the ragged last
     batch is dropped for BatchNorm. `batch_loss(xb)` gives the attack's loss on a batch.
     Returns the mean loss per epoch."""
-    bs = max(2, min(cfg.batch_size, train_x.shape[0]))
+    bs = effective_batch(cfg, train_x.shape[0])
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = train_x.shape[0] // bs
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, cfg.epochs * steps_per_epoch))
@@ -408,3 +409,45 @@ def fit_reconstructor(net: nn.Module, train_x: torch.Tensor, batch_loss, cfg, ge
             print(f"[{label}] epoch {epoch + 1}/{cfg.epochs} loss {history[-1]:.4f}")
     net.eval()
     return history
+
+
+@dataclass
+class ReconstructionData:
+    """What both reconstruction attacks start from: seeded generator, the attacker's public
+    images (training and held-out-for-the-grid) and the private targets."""
+
+    seed: int
+    gen: torch.Generator
+    train_x: torch.Tensor
+    hold_x: torch.Tensor
+    targets: Targets
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return tuple(self.train_x.shape[-2:])
+
+
+def reconstruction_data(ctx, cfg) -> ReconstructionData:
+    seed = ctx.seed if cfg.seed is None else cfg.seed
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    train_x, hold_x = public_set(ctx.images, ctx.manifest, holdout=cfg.holdout, seed=seed)
+    return ReconstructionData(seed, gen, train_x, hold_x, target_set(ctx.images, ctx.manifest, "test"))
+
+
+def effective_batch(cfg, n: int) -> int:
+    """The batch size actually used: at most n, at least 2 (BatchNorm)."""
+    return max(2, min(cfg.batch_size, n))
+
+
+def reconstruction_result(ctx, cfg, name: str, data: ReconstructionData, recons: torch.Tensor,
+                          grid_recons: torch.Tensor | None) -> tuple[dict, float, dict]:
+    """(measures, SAR threshold, artifacts) of a reconstruction attack; the grid shows
+    held-out public images only."""
+    measures, threshold = reconstruction_measures(ctx.evaluation, recons, data.targets, ctx.pairs, far=cfg.far)
+    workdir = Path(ctx.workdir) if ctx.workdir is not None else Path(tempfile.mkdtemp(prefix=f"privface-{name}-"))
+    artifacts = {}
+    if grid_recons is not None:
+        artifacts["grid"] = reconstruction_grid(data.hold_x, grid_recons, workdir / f"{name}_grid.png",
+                                                n=cfg.grid_n, splits=["public"] * len(data.hold_x))
+    return measures, threshold, artifacts

@@ -35,18 +35,16 @@ type 1/2 judged by the independent evaluation model at FMR = 1e-3 (measures.py).
 
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from components.attacks.base import AttackContext, AttackResult, NotApplicable
-from components.attacks.measures import (batched, config_from, fit_reconstructor, frozen, public_set,
-                                         reconstruction_grid, reconstruction_measures, target_set)
+from components.attacks.measures import (batched, config_from, effective_batch, fit_reconstructor,
+                                         frozen, reconstruction_data, reconstruction_result)
 from components.defenses.base import ProtectedSystem
 
 
@@ -137,15 +135,12 @@ class RepresentationRecovery:
 
     def run(self, ctx: AttackContext) -> AttackResult:
         cfg = config_from(RepresentationRecoveryConfig, ctx.params)
-        seed = ctx.seed if cfg.seed is None else cfg.seed
         device = torch.device(ctx.device)
         start = time.perf_counter()
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
-        train_x, hold_x = public_set(ctx.images, ctx.manifest, holdout=cfg.holdout, seed=seed)
-        targets = target_set(ctx.images, ctx.manifest, "test")
-        size = tuple(train_x.shape[-2:])
-        bs = max(2, min(cfg.batch_size, train_x.shape[0]))   # BatchNorm needs 2 per batch
+        data = reconstruction_data(ctx, cfg)
+        train_x, hold_x, targets, gen = data.train_x, data.hold_x, data.targets, data.gen
+        size = data.size
+        bs = effective_batch(cfg, train_x.shape[0])
 
         with frozen(ctx.system, device) as system:
             probe = batched(system.protect, train_x[:2], 2, device)
@@ -167,13 +162,7 @@ class RepresentationRecovery:
             recons = batched(net, intercepted, 64, device)
             grid_recons = batched(lambda x: net(system.protect(x)), hold_x, 64, device) if len(hold_x) else None
 
-        measures, threshold = reconstruction_measures(ctx.evaluation, recons, targets, ctx.pairs, far=cfg.far)
-        workdir = Path(ctx.workdir) if ctx.workdir is not None else Path(tempfile.mkdtemp(prefix="privface-rr-"))
-        artifacts = {}
-        if grid_recons is not None:
-            artifacts["grid"] = reconstruction_grid(hold_x, grid_recons,
-                                                    workdir / "representation_recovery_grid.png",
-                                                    n=cfg.grid_n, splits=["public"] * len(hold_x))
+        measures, threshold, artifacts = reconstruction_result(ctx, cfg, "representation_recovery", data, recons, grid_recons)
         strength = {
             "attacker_images": int(train_x.shape[0]),
             "queries": int(queries),

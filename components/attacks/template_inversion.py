@@ -33,10 +33,8 @@ independent evaluation model at FMR = 1e-3 on the clean test pairs (measures.py)
 from __future__ import annotations
 
 import math
-import tempfile
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -44,8 +42,8 @@ from torch.nn import functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim_fn
 
 from components.attacks.base import AttackContext, AttackResult
-from components.attacks.measures import (DATA_RANGE, batched, config_from, fit_reconstructor, frozen,
-                                         public_set, reconstruction_grid, reconstruction_measures, target_set)
+from components.attacks.measures import (DATA_RANGE, batched, config_from, effective_batch, fit_reconstructor,
+                                         frozen, reconstruction_data, reconstruction_result)
 from components.defenses.base import ProtectedSystem
 
 
@@ -115,15 +113,12 @@ class TemplateInversion:
 
     def run(self, ctx: AttackContext) -> AttackResult:
         cfg = config_from(TemplateInversionConfig, ctx.params)
-        seed = ctx.seed if cfg.seed is None else cfg.seed
         device = torch.device(ctx.device)
         start = time.perf_counter()
-        torch.manual_seed(seed)
-        gen = torch.Generator().manual_seed(seed)
-        train_x, hold_x = public_set(ctx.images, ctx.manifest, holdout=cfg.holdout, seed=seed)
-        targets = target_set(ctx.images, ctx.manifest, "test")
-        size = tuple(train_x.shape[-2:])
-        bs = max(2, min(cfg.batch_size, train_x.shape[0]))   # BatchNorm needs 2 per batch
+        data = reconstruction_data(ctx, cfg)
+        train_x, hold_x, targets, gen = data.train_x, data.hold_x, data.targets, data.gen
+        size = data.size
+        bs = effective_batch(cfg, train_x.shape[0])
 
         with frozen(ctx.system, device) as system:
             dim = batched(system, train_x[:2], 2, device).shape[1]
@@ -151,12 +146,7 @@ class TemplateInversion:
             recons = batched(decoder, stored, 64, device)
             grid_recons = batched(lambda x: decoder(system(x)), hold_x, 64, device) if len(hold_x) else None
 
-        measures, threshold = reconstruction_measures(ctx.evaluation, recons, targets, ctx.pairs, far=cfg.far)
-        workdir = Path(ctx.workdir) if ctx.workdir is not None else Path(tempfile.mkdtemp(prefix="privface-ti-"))
-        artifacts = {}
-        if grid_recons is not None:
-            artifacts["grid"] = reconstruction_grid(hold_x, grid_recons, workdir / "template_inversion_grid.png",
-                                                    n=cfg.grid_n, splits=["public"] * len(hold_x))
+        measures, threshold, artifacts = reconstruction_result(ctx, cfg, "template_inversion", data, recons, grid_recons)
         strength = {
             "attacker_images": int(train_x.shape[0]),
             "epochs": int(cfg.epochs),
