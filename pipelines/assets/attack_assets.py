@@ -26,6 +26,7 @@ def attack_results(context: dg.AssetExecutionContext, settings: PrivfaceSettings
     system = load_system(protected_system)
     evaluation = from_bundle(evaluation_fr_model)
     measures, strengths, not_applicable, artifacts = {}, {}, {}, {}
+    device, workdir = compute.device(), settings.workdir() / "attacks" / name
     with mlflow_tracking.run(context, "attack_results", tags={"defense": name}):
         for attack_name, attack in ATTACKS.items():
             reason = attack.applies_to(system)
@@ -35,8 +36,7 @@ def attack_results(context: dg.AssetExecutionContext, settings: PrivfaceSettings
             ctx = AttackContext(defense=name, system=system, images=face_dataset.images,
                                 manifest=dataset_splits["manifest"], pairs=dataset_splits["pairs"],
                                 evaluation=evaluation, params=params.get("attacks", {}).get(attack_name, {}),
-                                device=compute.device(),
-                                workdir=settings.workdir() / "attacks" / name / attack_name,
+                                device=device, workdir=workdir / attack_name,
                                 seed=params["seed"], progress=settings.progress)
             try:
                 result = attack.run(ctx)
