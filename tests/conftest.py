@@ -120,3 +120,6 @@ def make_face_folder():
         return root
 
     return _make
+
+
+from tests.world import World, world  # noqa: E402,F401  (session fixture shared by attack and defense tests)

@@ -23,7 +23,10 @@ augmented image is a fresh (template, image) pair.
 
 Threat model. The attacker holds the stored templates of the enrolled (test-split,
 private) images and white-box access to the deployed system, and trains only on public
-identities (split == "public"), templates computed by querying the system. ~10% of the
+identities (split == "public"), templates computed by querying the system as a probe
+(`system.probe`: the clean template; it differs from the stored one only for defenses that
+alter stored templates, e.g. AdvFace, whose protection is exactly that the attacker's
+decoder meets perturbed templates it was not trained on). ~10% of the
 public images are held out of training and drawn, with their reconstructions, in the
 grid artifact; private faces are only targets and never drawn. Measures: SSIM/PSNR of the
 decoded stored templates against their sources, and SAR type 1/2 judged by the
@@ -99,7 +102,7 @@ class TemplateDecoder(nn.Module):
 
 
 def _identity_loss(system: ProtectedSystem, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
-    t = system(recon)
+    t = system.probe(recon)
     if not t.requires_grad:          # protect does not depend (differentiably) on the image
         return None
     return (1 - F.cosine_similarity(t, target, dim=1)).mean()
@@ -128,7 +131,7 @@ class TemplateInversion:
             def batch_loss(xb):
                 nonlocal id_used
                 with torch.no_grad():
-                    tb = system(xb)
+                    tb = system.probe(xb)
                 recon = decoder(tb)
                 loss = cfg.w_l1 * F.l1_loss(recon, xb)
                 if cfg.w_ssim:

@@ -3,15 +3,30 @@
 A defended system exposes the three surfaces attacks target: `protect` (what leaves the
 client), `embed` (the FR model) and `template` (what the server stores). Verification
 always runs through template(embed(protect(x))). A `Defense` trains or fits a system from
-a `DefenseContext` and can rebuild an empty one from its config to load saved weights."""
+a `DefenseContext` and can rebuild an empty one from its config to load saved weights.
+
+Enrolment and probe. `forward(x)` is the template the server STORES at enrolment;
+`probe(x)` is the template a verification probe produces, compared against the stored
+one. They are the same for every defense except those that alter stored templates only
+(AdvFace): verification then scores cos(stored(a), probe(b)), and a template-inversion
+attacker, who computes clean templates of its own images with the white-box model, trains
+on `probe` and inverts the stored templates.
+
+Sweeps. `privacy_knob` names the parameter that places a system on the privacy-utility
+curve (e.g. "eps_mean"); the sweep asset builds one system per value in
+params[<defense>]["sweep"]["values"] through `build_sweep` when the defense has it (to
+share work between points, e.g. one shadow decoder for every eps) or else by calling
+`build` with the knob overridden."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -33,7 +48,17 @@ class ProtectedSystem(nn.Module):
         return nn.functional.normalize(features, dim=1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """The stored (enrolment) template."""
         return self.template(self.embed(self.protect(images)))
+
+    def probe(self, images: torch.Tensor) -> torch.Tensor:
+        """The template of a verification probe; the stored template unless overridden."""
+        return self.forward(images)
+
+    @property
+    def has_probe(self) -> bool:
+        """True when probes differ from stored templates (probe is overridden)."""
+        return type(self).probe is not ProtectedSystem.probe
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Class cosines of the training identities through the whole system (no margin)."""
@@ -50,6 +75,12 @@ class ProtectedSystem(nn.Module):
         """Everything `Defense.rebuild` needs to recreate this system without weights."""
         return {}
 
+    def measures(self) -> dict:
+        """Measures the defense took while building (plain floats / nested dicts, e.g. the
+        share of image energy a mask removes); reported beside the attacks. Subclasses keep
+        them in config() so that they survive a save/load round trip."""
+        return dict(self.config().get("measures", {}))
+
 
 @dataclass
 class DefenseContext:
@@ -62,6 +93,8 @@ class DefenseContext:
     public_images: np.ndarray
     public_labels: np.ndarray
     baseline: FRModel
+    train_attributes: pd.DataFrame | None = None   # attribute columns (str) of train_images' rows, or None
+    public_attributes: pd.DataFrame | None = None  # the same for public_images
     device: torch.device | str = "cpu"
     checkpoint_dir: Path | None = None
     on_epoch_end: Callable[[int, dict], None] | None = None
@@ -72,10 +105,28 @@ class DefenseContext:
 
 class Defense(Protocol):
     name: str
+    privacy_knob: str   # the parameter a sweep varies (e.g. "eps_mean"); "" when none
 
     def build(self, ctx: DefenseContext) -> ProtectedSystem: ...
 
     def rebuild(self, config: dict) -> ProtectedSystem: ...
+
+
+def sweep_systems(defense, ctx: DefenseContext, values: list) -> list[ProtectedSystem]:
+    """One system per value of the defense's privacy knob: `defense.build_sweep` when it
+    has one, else `build` with params[knob] = value and a checkpoint folder per value."""
+    knob = getattr(defense, "privacy_knob", "")
+    if not knob:
+        raise ValueError(f"defense {defense.name!r} has no privacy knob to sweep")
+    if hasattr(defense, "build_sweep"):
+        return list(defense.build_sweep(ctx, list(values)))
+    systems = []
+    for v in values:
+        sub = dataclasses.replace(ctx, params={**ctx.params, knob: v},
+                                  checkpoint_dir=None if ctx.checkpoint_dir is None
+                                  else Path(ctx.checkpoint_dir) / f"{knob}={v}")
+        systems.append(defense.build(sub))
+    return systems
 
 
 def system_bundle(system: ProtectedSystem) -> dict:

@@ -19,6 +19,7 @@ class SplitTemplates:
 
     rows: np.ndarray
     templates: np.ndarray
+    probe_templates: np.ndarray | None = None   # probe-side templates where they differ
 
     def local(self, pairs: pd.DataFrame) -> pd.DataFrame:
         """`pairs` with a, b re-indexed into `templates`."""
@@ -38,21 +39,28 @@ def split_templates(fn, images: np.ndarray, manifest: pd.DataFrame, split: str,
     return SplitTemplates(rows=rows, templates=feats)
 
 
-def rank1_of_split(st: SplitTemplates, manifest: pd.DataFrame) -> float:
-    """Rank-1 identification: the first image of each identity is its gallery entry."""
+def rank1_of_split(st: SplitTemplates, manifest: pd.DataFrame, probes: SplitTemplates | None = None) -> float:
+    """Rank-1 identification: the first image of each identity is its gallery entry (from
+    the stored templates `st`); the others are probes (from `probes` when given)."""
     identity = manifest.set_index("index").loc[st.rows, "identity"].to_numpy()
     first = np.zeros(len(identity), dtype=bool)
     first[np.unique(identity, return_index=True)[1]] = True
-    return rank1(st.templates[first], identity[first], st.templates[~first], identity[~first])
+    p = st if probes is None else probes
+    return rank1(st.templates[first], identity[first], p.templates[~first], identity[~first])
 
 
 def evaluate_system(fn, images: np.ndarray, manifest: pd.DataFrame, pairs: pd.DataFrame,
-                    device: torch.device | str = "cpu") -> tuple[dict, SplitTemplates]:
+                    device: torch.device | str = "cpu", probe_fn=None) -> tuple[dict, SplitTemplates]:
     """The utility block of metrics.json for a system (`fn` maps a [-1, 1] image batch to
-    templates), and the test templates it was computed from."""
+    stored templates), and the test templates it was computed from. With `probe_fn` (a
+    system whose probes differ from its stored templates), pair (a, b) scores
+    cos(stored(a), probe(b)) and rank-1 matches probes against stored gallery templates."""
     st = split_templates(fn, images, manifest, "test", device=device)
-    utility = evaluate_pairs(st.templates, st.local(pairs))
-    utility["rank1"] = rank1_of_split(st, manifest)
+    pt = None if probe_fn is None else split_templates(probe_fn, images, manifest, "test", device=device)
+    utility = evaluate_pairs(st.templates, st.local(pairs), probe_templates=None if pt is None else pt.templates)
+    utility["rank1"] = rank1_of_split(st, manifest, pt)
+    if pt is not None:
+        st.probe_templates = pt.templates
     return utility, st
 
 
@@ -60,7 +68,9 @@ def pair_scores(st: SplitTemplates, pairs: pd.DataFrame) -> np.ndarray:
     """Cosine similarity of each pair (for ROC plots)."""
     local = st.local(pairs)
     t = st.templates / np.maximum(np.linalg.norm(st.templates, axis=1, keepdims=True), 1e-12)
-    return np.sum(t[local["a"].to_numpy()] * t[local["b"].to_numpy()], axis=1)
+    p = t if st.probe_templates is None else (
+        st.probe_templates / np.maximum(np.linalg.norm(st.probe_templates, axis=1, keepdims=True), 1e-12))
+    return np.sum(t[local["a"].to_numpy()] * p[local["b"].to_numpy()], axis=1)
 
 
 def embedding_spread(st: SplitTemplates) -> float:

@@ -280,9 +280,11 @@ def _pair_column(pairs: Any, name: str) -> np.ndarray:
     return np.asarray(col)
 
 
-def evaluate_pairs(templates: np.ndarray, pairs: Mapping | Any, far: float = 1e-3) -> dict:
+def evaluate_pairs(templates: np.ndarray, pairs: Mapping | Any, far: float = 1e-3,
+                   probe_templates: np.ndarray | None = None) -> dict:
     """Verification report for templates (N, D) (any scale; L2-normalised here) and pairs with int
-    columns a, b, label, fold (a pandas DataFrame or a dict of arrays). Cosine similarity per pair.
+    columns a, b, label, fold (a pandas DataFrame or a dict of arrays). Cosine similarity per pair;
+    with `probe_templates` (same shape), pair (a, b) scores templates[a] against probe_templates[b].
 
     Returns {"verification_accuracy", "verification_std" (10-fold protocol), far_key(far) (e.g.
     "tar_at_far_1e-3"), "eer", "threshold"} as python floats; "threshold" is the best-accuracy
@@ -303,7 +305,10 @@ def evaluate_pairs(templates: np.ndarray, pairs: Mapping | Any, far: float = 1e-
                 f"pairs column {name!r} indexes outside templates: range [{idx.min()}, {idx.max()}] "
                 f"but there are {t.shape[0]} templates"
             )
-    scores = np.einsum("ij,ij->i", t[a], t[b])
+    tb = t if probe_templates is None else _l2_normalise(probe_templates, "probe_templates")
+    if tb.shape != t.shape:
+        raise ValueError(f"probe_templates {tb.shape} must match templates {t.shape}")
+    scores = np.einsum("ij,ij->i", t[a], tb[b])   # stored a against probe b
     ver = verification_10fold(scores, label, fold)
     fpr, tpr, _ = roc(scores, label)
     thr, _ = best_threshold(scores, label)

@@ -12,7 +12,7 @@ import mlflow
 import numpy as np
 
 from components.data.ingest import FaceDataset
-from components.data.views import split_view
+from components.data.views import split_attributes, split_view
 from components.defenses import DEFENSES, DefenseContext, get_defense, system_bundle
 from components.metrics.embeddings import to_model_tensor
 from components.metrics.plots import roc_plot
@@ -99,11 +99,14 @@ def protected_system(context: dg.AssetExecutionContext, settings: PrivfaceSettin
                                                                "data_version": face_dataset.version}) as run:
         ctx = DefenseContext(params=params.get(name, {}), train_images=train_x, train_labels=train_y,
                              public_images=public_x, public_labels=public_y, baseline=baseline,
+                             train_attributes=split_attributes(manifest, "train"),
+                             public_attributes=split_attributes(manifest, "public"),
                              device=device, checkpoint_dir=ckpt, on_epoch_end=epoch_logger(f"{name}_"),
                              progress=settings.progress, seed=params["seed"])
         system = defense.build(ctx).to("cpu").eval()
         log_params({"defense": name, "operating_point": system.operating_point(), "params": params.get(name, {})})
-        utility, templates = evaluate_system(system, face_dataset.images, manifest, pairs, device="cpu")
+        utility, templates = evaluate_system(system, face_dataset.images, manifest, pairs, device="cpu",
+                                             probe_fn=system.probe if system.has_probe else None)
         mlflow.log_metrics(utility)
         scores = pair_scores(templates, pairs)
         roc_file = settings.workdir() / "figures" / f"roc_{name}.png"

@@ -1,4 +1,4 @@
-"""A small, real world for attack tests: synthetic faces (60 identities x 8 images at
+"""A small, real world for attack and defense tests: synthetic faces (60 identities x 8 images at
 32 px, with sex/skin attributes), identity-disjoint splits, clean test pairs, a trained
 baseline system and an independent evaluation model. Built once per test session."""
 
