@@ -57,6 +57,7 @@ test-unit: install
 bench: install
 	$(BIN)/python -m benchmarks.bench_verification
 	$(BIN)/python -m benchmarks.bench_pipeline
+	$(BIN)/python -m benchmarks.bench_freq
 
 ui: install
 	DAGSTER_HOME=$(DAGSTER_HOME) $(BIN)/python -c "from pipelines.cli import ensure_dagster_home; ensure_dagster_home()"

@@ -58,3 +58,13 @@ def resolve_path(value: str | Path, root: str | Path) -> Path:
     """`value` as an absolute path, relative ones taken from the project `root`."""
     p = Path(value).expanduser()
     return p if p.is_absolute() else Path(root) / p
+
+
+def config_from(cls, params: dict | None):
+    """Dataclass `cls` with the overrides in `params`; an unknown key is an error that names it."""
+    params = dict(params or {})
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown parameter(s) {unknown}; known: {sorted(known)}")
+    return cls(**params)

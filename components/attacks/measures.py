@@ -39,6 +39,7 @@ from torch import nn
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from components.attacks.base import NotApplicable
+from components.config import config_from  # noqa: F401  (re-exported: attacks read their params with it)
 from components.metrics.embeddings import extract_features, to_model_tensor
 from components.metrics.verification import roc
 
@@ -358,16 +359,6 @@ def augment(x: torch.Tensor, gen: torch.Generator, shift: int = 2, color: float 
         off = color * (2 * torch.rand(n, 3, 1, 1, generator=gen) - 1)
         x = (x * gain.to(dev) + off.to(dev)).clamp(-1, 1)
     return x
-
-
-def config_from(cls, params: dict | None):
-    """Dataclass `cls` with the overrides in `params`; an unknown key is an error that names it."""
-    params = dict(params or {})
-    known = set(cls.__dataclass_fields__)
-    unknown = sorted(set(params) - known)
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown parameter(s) {unknown}; known: {sorted(known)}")
-    return cls(**params)
 
 
 def batched(fn, x: torch.Tensor, batch_size: int, device) -> torch.Tensor:

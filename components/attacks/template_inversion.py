@@ -19,7 +19,9 @@ T = template(embed(protect(.))) of the attacked system, frozen, differentiated t
 protect that does not depend differentiably on its input simply contributes no identity
 gradient). Adam with a cosine learning-rate schedule. The public images are augmented
 (flip, 2 px shifts, colour jitter) and their templates recomputed on every batch, so each
-augmented image is a fresh (template, image) pair.
+augmented image is a fresh (template, image) pair. `architecture: mlp` swaps the decoder for
+a fully connected one (`MLPDecoder`, no convolution, no BatchNorm), a second attacker design
+for transfer tests (a defense tuned against one decoder must also hold against another).
 
 Threat model. The attacker holds the stored templates of the enrolled (test-split,
 private) images and white-box access to the deployed system, and trains only on public
@@ -65,6 +67,9 @@ class TemplateInversionConfig:
     far: float = 1e-3         # FMR of the SAR threshold
     grid_n: int = 8
     weight_decay: float = 0.0
+    refine_steps: int = 0     # per-target refinement of the decoder's input code (white box); 0 = off
+    refine_lr: float = 0.05
+    architecture: str = "upsample"  # the decoder design: upsample (TemplateDecoder) | mlp (MLPDecoder)
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -101,6 +106,58 @@ class TemplateDecoder(nn.Module):
         return torch.tanh(x)
 
 
+class MLPDecoder(nn.Module):
+    """Template (N, D) -> image (N, 3, H, W) in [-1, 1]: a fully connected decoder (two
+    hidden LeakyReLU layers of 32w units, no convolution, no BatchNorm). A second attacker
+    design, for transfer tests of defenses tuned against a conv decoder (e.g. AdvFace)."""
+
+    def __init__(self, dim: int, size: tuple[int, int], width: int = 16):
+        super().__init__()
+        h, w = size
+        self.size = (int(h), int(w))
+        self.scale = math.sqrt(dim)
+        hidden = 32 * width
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.LeakyReLU(0.2, inplace=True),
+                                 nn.Linear(hidden, hidden), nn.LeakyReLU(0.2, inplace=True),
+                                 nn.Linear(hidden, 3 * self.size[0] * self.size[1]))
+        self.architecture = f"MLP decoder: {dim}->{hidden}->{hidden}->3x{h}x{w}, LeakyReLU, tanh"
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(t * self.scale).view(t.shape[0], 3, *self.size))
+
+
+DECODERS = {"upsample": TemplateDecoder, "mlp": MLPDecoder}
+
+
+def make_decoder(architecture: str, dim: int, size: tuple[int, int], width: int) -> nn.Module:
+    if architecture not in DECODERS:
+        raise ValueError(f"template_inversion: unknown architecture {architecture!r}; known: {sorted(DECODERS)}")
+    return DECODERS[architecture](dim, size, width)
+
+
+def refine(decoder: "TemplateDecoder", system: ProtectedSystem, stored: torch.Tensor, steps: int, lr: float,
+           device, batch_size: int = 128) -> torch.Tensor:
+    """Per-target refinement (white box): starting from the stored template itself, Adam
+    on the decoder's input code so that the attacked system's probe template of the decoded
+    image matches the stored template (cosine). The decoder stays fixed (eval mode) and the
+    image stays on its output manifold, which is what makes the gain transfer to another FR
+    model, unlike optimising pixels directly. Returns the refined images (CPU)."""
+    out = []
+    decoder.eval()
+    for i in range(0, stored.shape[0], batch_size):
+        t = stored[i:i + batch_size].to(device)
+        code = t.clone().requires_grad_(True)
+        opt = torch.optim.Adam([code], lr=lr)
+        for _ in range(steps):
+            loss = (1 - F.cosine_similarity(system.probe(decoder(code)), t, dim=1)).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            out.append(decoder(code).cpu())
+    return torch.cat(out)
+
+
 def _identity_loss(system: ProtectedSystem, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
     t = system.probe(recon)
     if not t.requires_grad:          # protect does not depend (differentiably) on the image
@@ -125,7 +182,7 @@ class TemplateInversion:
 
         with frozen(ctx.system, device) as system:
             dim = batched(system, train_x[:2], 2, device).shape[1]
-            decoder = TemplateDecoder(dim, size, cfg.width).to(device)
+            decoder = make_decoder(cfg.architecture, dim, size, cfg.width).to(device)
             id_used = False
 
             def batch_loss(xb):
@@ -146,7 +203,8 @@ class TemplateInversion:
             history = fit_reconstructor(decoder, train_x, batch_loss, cfg, gen, device,
                                         label=f"template_inversion:{ctx.defense}", progress=ctx.progress)
             stored = batched(system, targets.images, 64, device)          # the enrolled templates
-            recons = batched(decoder, stored, 64, device)
+            recons = (refine(decoder, system, stored, cfg.refine_steps, cfg.refine_lr, device)
+                      if cfg.refine_steps > 0 else batched(decoder, stored, 64, device))
             grid_recons = batched(lambda x: decoder(system(x)), hold_x, 64, device) if len(hold_x) else None
 
         measures, threshold, artifacts = reconstruction_result(ctx, cfg, "template_inversion", data, recons, grid_recons)
@@ -155,7 +213,8 @@ class TemplateInversion:
             "epochs": int(cfg.epochs),
             "lr": float(cfg.lr),
             "batch_size": int(bs),
-            "architecture": f"upsample+conv decoder (width {cfg.width}, {len(decoder.stages)} stages)",
+            "architecture": (f"upsample+conv decoder (width {cfg.width}, {len(decoder.stages)} stages)"
+                             if cfg.architecture == "upsample" else decoder.architecture),
             "parameters": int(sum(p.numel() for p in decoder.parameters())),
             "loss": "L1+(1-SSIM)+identity",
             "loss_weights": {"l1": cfg.w_l1, "ssim": cfg.w_ssim, "identity": cfg.w_id},
@@ -171,4 +230,4 @@ class TemplateInversion:
 
 ATTACK = TemplateInversion()
 
-__all__ = ["ATTACK", "TemplateInversion", "TemplateInversionConfig", "TemplateDecoder"]
+__all__ = ["ATTACK", "DECODERS", "MLPDecoder", "TemplateInversion", "TemplateInversionConfig", "TemplateDecoder"]

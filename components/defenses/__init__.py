@@ -4,8 +4,11 @@ Dagster partitions, the report and metrics.json read this mapping and nothing el
 from __future__ import annotations
 
 
-from components.defenses.base import Defense, DefenseContext, ProtectedSystem, system_bundle
+from components.defenses.base import Defense, DefenseContext, ProtectedSystem, sweep_systems, system_bundle
 from components.defenses.baseline import BaselineDefense
+from components.defenses.dctdp import DCTDPDefense
+from components.defenses.hybrid import HybridDefense
+from components.defenses.ppfrfd import PPFRFDDefense
 
 
 class NotImplementedDefense:
@@ -27,9 +30,9 @@ class NotImplementedDefense:
 
 DEFENSES: dict[str, Defense] = {
     "baseline": BaselineDefense(),
-    "dctdp": NotImplementedDefense("dctdp", "frequency-domain defenses, issue #4"),
-    "ppfrfd": NotImplementedDefense("ppfrfd", "frequency-domain defenses, issue #4"),
-    "hybrid": NotImplementedDefense("hybrid", "frequency-domain defenses, issue #4"),
+    "dctdp": DCTDPDefense(),
+    "ppfrfd": PPFRFDDefense(),
+    "hybrid": HybridDefense(),
     "facemae": NotImplementedDefense("facemae", "FaceMAE, issue #6"),
     "advface": NotImplementedDefense("advface", "template-level defenses, issue #5"),
     "dvpf": NotImplementedDefense("dvpf", "template-level defenses, issue #5"),
@@ -56,4 +59,4 @@ def load_system(bundle: dict) -> ProtectedSystem:
 
 
 __all__ = ["DEFENSES", "Defense", "DefenseContext", "ProtectedSystem", "get_defense",
-           "is_implemented", "load_system", "system_bundle"]
+           "is_implemented", "load_system", "sweep_systems", "system_bundle"]

@@ -68,3 +68,48 @@ def tradeoff_plot(scores: dict[str, dict], path: str | Path) -> Path:
         title += f"\n(no attacks measured: {', '.join(missing)})"
     ax.set(xlabel="privacy score", ylabel="utility score", xlim=(0, 1.05), ylim=(0, 1.05), title=title)
     return _save(fig, path)
+
+
+# The measure a sweep is drawn against, per attack: (key in the attack's block, axis label).
+SWEEP_MEASURES = {
+    "representation_recovery": ("ssim", "recovery SSIM"),
+    "template_inversion": ("sar_type2", "template-inversion SAR type 2"),
+    "model_inversion": ("top1", "model-inversion top-1"),
+    "membership_inference": ("auc", "membership AUC"),
+    "retrieval_leakage": ("top1", "retrieval top-1"),
+    "attribute_inference": ("max_gain", "attribute probe: balanced accuracy - chance (max)"),
+}
+
+
+def sweep_measure(attack: str, measures: dict) -> float | None:
+    """The value a sweep point is drawn at for `attack` (None when not measured)."""
+    if attack == "attribute_inference":
+        gains = [m["balanced_accuracy"] - m["chance"] for m in measures.values()]
+        return max(gains) if gains else None
+    key = SWEEP_MEASURES.get(attack, (None,))[0]
+    return measures.get(key)
+
+
+def sweep_plot(sweeps: dict[str, dict], path: str | Path) -> Path:
+    """One panel per swept defense: verification accuracy against the success of each
+    attack the sweep targets (lower is more private), points labelled by the knob value."""
+    swept = {d: s for d, s in sweeps.items() if s.get("points")}
+    n = max(1, len(swept))
+    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False)
+    if not swept:
+        axes[0][0].text(0.5, 0.5, "no sweep configured", ha="center", va="center", transform=axes[0][0].transAxes)
+    for ax, (defense, s) in zip(axes[0], swept.items()):
+        attacks = sorted({a for p in s["points"] for a in p.get("attacks", {})})
+        for attack in attacks:
+            pts = [(sweep_measure(attack, p["attacks"][attack]), p["utility"]["verification_accuracy"], p["value"])
+                   for p in s["points"] if attack in p.get("attacks", {})]
+            pts = [t for t in pts if t[0] is not None]
+            ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], marker="o", label=SWEEP_MEASURES.get(
+                attack, (None, attack))[1])
+            for x, y, v in pts:
+                ax.annotate(f"{s['knob']}={v:g}" if isinstance(v, (int, float)) else str(v), (x, y),
+                            textcoords="offset points", xytext=(4, 4), fontsize=7)
+        ax.set(title=f"{defense}: sweep of {s['knob']}", xlabel="attack success (lower = more private)",
+               ylabel="verification accuracy")
+        ax.legend(fontsize=7)
+    return _save(fig, path)

@@ -26,7 +26,9 @@ def _finite(obj, where="metrics"):
 
 def build_metrics(dataset: dict, results: dict[str, dict], baseline: str = "baseline") -> dict:
     """`results[defense]` holds "params", "utility", "attacks" (possibly empty) and
-    "mlflow"; scores are computed here, relative to the baseline's accuracy."""
+    "mlflow", optionally "measures" (taken by the defense while building) and "sweep"
+    ({"knob", "points"}: utility and targeted attacks per value of the privacy knob);
+    scores are computed here, relative to the baseline's accuracy."""
     if baseline not in results:
         raise ValueError(f"the {baseline!r} defense is needed to normalise utility scores")
     base_acc = results[baseline]["utility"]["verification_accuracy"]
@@ -44,6 +46,12 @@ def build_metrics(dataset: dict, results: dict[str, dict], baseline: str = "base
         }
         if r.get("not_applicable"):
             entry["not_applicable"] = dict(r["not_applicable"])
+        if r.get("measures"):
+            entry["measures"] = dict(r["measures"])     # what the defense measured while building
+        if r.get("sweep", {}).get("points"):
+            entry["sweep"] = {"knob": r["sweep"]["knob"], "points": [
+                {k: p[k] for k in ("value", "operating_point", "utility", "attacks", "measures") if k in p}
+                for p in r["sweep"]["points"]]}
         defenses[name] = entry
     metrics = {"dataset": dict(dataset), "defenses": defenses}
     _finite(metrics)

@@ -102,7 +102,8 @@ def protected_system(context: dg.AssetExecutionContext, settings: PrivfaceSettin
                              train_attributes=split_attributes(manifest, "train"),
                              public_attributes=split_attributes(manifest, "public"),
                              device=device, checkpoint_dir=ckpt, on_epoch_end=epoch_logger(f"{name}_"),
-                             progress=settings.progress, seed=params["seed"])
+                             progress=settings.progress, seed=params["seed"],
+                             extra={"baseline_train": params["baseline"]["train"]})
         system = defense.build(ctx).to("cpu").eval()
         log_params({"defense": name, "operating_point": system.operating_point(), "params": params.get(name, {})})
         utility, templates = evaluate_system(system, face_dataset.images, manifest, pairs, device="cpu",
@@ -112,6 +113,12 @@ def protected_system(context: dg.AssetExecutionContext, settings: PrivfaceSettin
         roc_file = settings.workdir() / "figures" / f"roc_{name}.png"
         roc_plot({name: (scores, pairs["label"].to_numpy())}, roc_file, title=f"ROC: {name}")
         mlflow.log_artifact(str(roc_file), artifact_path="figures")
+        artifacts = {label: str(path) for label, path in getattr(system, "artifacts", {}).items()}
+        for path in artifacts.values():
+            mlflow.log_artifact(path, artifact_path="defense")
+        measures = system.measures()
+        if measures:
+            log_params({"measures": measures})
         bundle = system_bundle(system)
         example = to_model_tensor(face_dataset.images[manifest["index"].to_numpy()[:4]]).numpy()
         model_uri = log_system_model(bundle, example)
@@ -127,7 +134,7 @@ def protected_system(context: dg.AssetExecutionContext, settings: PrivfaceSettin
         "model_version": version,
         "mlflow_run_id": run.info.run_id,
     })
-    return {**bundle, "utility": utility,
+    return {**bundle, "utility": utility, "measures": measures, "artifacts": artifacts,
             "pair_scores": scores.astype(np.float32).tolist(),
             "mlflow": {"run_id": run.info.run_id, "model_uri": model_uri, "model_version": str(version),
                        "registered_model": registered}}

@@ -7,7 +7,7 @@ import mlflow
 import numpy as np
 
 from components.metrics.plots import roc_plot
-from components.reporting.figures import tradeoff_plot, training_curves
+from components.reporting.figures import sweep_plot, tradeoff_plot, training_curves
 from components.reporting.html import render_report
 from components.reporting.metrics_file import build_metrics, summary_rows, write_json
 from pipelines.io_manager import ALL_PARTITIONS
@@ -16,11 +16,12 @@ from pipelines.resources import MLflowResource, PrivfaceSettings
 
 @dg.asset(group_name="report", kinds={"python", "mlflow"},
           ins={"protected_system": dg.AssetIn(metadata=ALL_PARTITIONS),
-               "attack_results": dg.AssetIn(metadata=ALL_PARTITIONS)},
+               "attack_results": dg.AssetIn(metadata=ALL_PARTITIONS),
+               "defense_sweep": dg.AssetIn(metadata=ALL_PARTITIONS)},
           description="reports/metrics.json (DESIGN.md section 5), reports/report.html and figures.")
 def privacy_utility_report(context: dg.AssetExecutionContext, settings: PrivfaceSettings,
                            mlflow_tracking: MLflowResource, protected_system: dict, attack_results: dict,
-                           dataset_splits: dict, baseline_fr_model: dict, evaluation_fr_model: dict) -> dict:
+                           defense_sweep: dict, dataset_splits: dict, baseline_fr_model: dict, evaluation_fr_model: dict) -> dict:
     params = settings.params()
     wanted = list(params["defenses"])
     if "baseline" not in wanted:
@@ -33,7 +34,9 @@ def privacy_utility_report(context: dg.AssetExecutionContext, settings: Privface
     results = {d: {"params": protected_system[d]["operating_point"], "utility": protected_system[d]["utility"],
                    "attacks": attack_results[d]["attacks"], "mlflow": {
                        k: protected_system[d]["mlflow"][k] for k in ("run_id", "model_uri", "model_version")},
-                   "not_applicable": attack_results[d]["not_applicable"]} for d in wanted}
+                   "not_applicable": attack_results[d]["not_applicable"],
+                   "measures": protected_system[d].get("measures", {}),
+                   "sweep": defense_sweep.get(d, {})} for d in wanted}
     info = dataset_splits["info"].iloc[0]
     dataset = {"name": str(info["name"]), "version": str(info["version"]),
                "identities": int(manifest["identity"].nunique()), "images": int(len(manifest))}
@@ -50,6 +53,12 @@ def privacy_utility_report(context: dg.AssetExecutionContext, settings: Privface
         "Privacy-utility trade-off": tradeoff_plot({d: m["scores"] for d, m in metrics["defenses"].items()},
                                                    reports / "tradeoff.png"),
     }
+    if any(defense_sweep.get(d, {}).get("points") for d in wanted):
+        figures["Sweeps: utility against the privacy measure each defense targets"] = sweep_plot(
+            {d: defense_sweep[d] for d in wanted if d in defense_sweep}, reports / "sweeps.png")
+    for d in wanted:   # pictures a defense drew while building (e.g. FaceMAE's masked/reconstructed grid)
+        for label, path in protected_system[d].get("artifacts", {}).items():
+            figures[f"{d}: {label}"] = path
     for d in wanted:   # reconstruction grids (public identities only) and attack ROCs
         for attack, files in attack_results[d].get("artifacts", {}).items():
             for label, path in files.items():

@@ -1,0 +1,178 @@
+"""Adaptive hybrid masking: PPFR-FD frequency masking plus frequency-domain MixUp of k
+images, with k chosen by a strategy network trained by REINFORCE (the adaptive hybrid
+masking paper). Target threat: model inversion of the training faces; the classifier
+never sees a single training face, only masked mixtures of k of them.
+
+Training, per batch: every image is masked (components.defenses.ppfrfd: the same analysis
+step and channel mask), the strategy network reads the batch's mean absolute masked
+coefficients per channel and samples k in {k_min..k_max} from a categorical policy; each
+sample is mixed with k - 1 others of the batch (random permutations) by weights drawn from
+Dirichlet(alpha * 1_k); the labels are mixed by the same weights (the loss is the weighted
+sum of margin cross-entropies). The FR network minimises that loss; the strategy network
+maximises it (reward = the FR loss on the mixed batch, a privacy reward: harder mixtures
+hide more) by REINFORCE with a moving-average baseline and an entropy bonus. The two
+players alternate within every step: the policy's update uses the reward measured with
+the FR network before the FR network's own update of that step. The chosen k is logged
+per epoch (`k_mean`) and its history kept in measures.
+
+At inference the client sends one masked image (no mixing): the system is a PPFR-FD system
+whose FR model was trained on mixtures.
+
+Variant (CPU scale): k per batch (not per sample), the policy is a 2-layer MLP on batch
+statistics, 64 px with u=2 as for ppfrfd.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from components.config import config_from
+from components.defenses.base import DefenseContext
+from components.defenses.frequency import FrequencySystem, frequency_spec, train_config, train_frequency_fr
+from components.defenses.ppfrfd import ChannelMask, analyse, rebuild_masked, system
+from components.training.loop import TrainHooks
+
+
+@dataclass
+class HybridConfig:
+    upsample: int = 2
+    energy_removed: float = 0.9
+    max_channels: int = 64
+    w_vis: float = 5.0
+    analysis_epochs: int = 3
+    k_min: int = 2
+    k_max: int = 6
+    alpha: float = 1.0              # Dirichlet concentration of the mixing weights
+    policy_lr: float = 0.01
+    entropy: float = 0.01           # entropy bonus of the policy
+    baseline_momentum: float = 0.9  # moving-average reward baseline
+    train: dict = field(default_factory=dict)
+    backbone: dict = field(default_factory=dict)
+
+
+class StrategyNet(nn.Module):
+    """Batch statistics (mean |coefficient| per channel) -> logits over k_min..k_max."""
+
+    def __init__(self, channels: int, k_min: int, k_max: int, hidden: int = 32):
+        super().__init__()
+        self.k_min, self.k_max = k_min, k_max
+        self.net = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(), nn.Linear(hidden, k_max - k_min + 1))
+
+    def forward(self, rep: torch.Tensor) -> torch.Tensor:
+        return self.net(rep.abs().mean(dim=(0, 2, 3))[None])[0]
+
+
+def mix(rep: torch.Tensor, y: torch.Tensor, k: int, alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MixUp of k: sample i mixes itself with k-1 others (random permutations of the batch),
+    weights per sample from Dirichlet(alpha). Returns (mixed, labels (B, k), weights (B, k))."""
+    b = rep.shape[0]
+    perms = [torch.arange(b, device=rep.device)] + [torch.randperm(b).to(rep.device) for _ in range(k - 1)]
+    idx = torch.stack(perms, 1)                                              # (B, k)
+    w = torch.distributions.Dirichlet(torch.full((k,), float(alpha))).sample((b,)).to(rep.device)
+    mixed = (rep[idx] * w[:, :, None, None, None]).sum(1)
+    return mixed, y[idx], w
+
+
+class HybridHooks(TrainHooks):
+    """Masks and mixes each batch (k from the policy) and trains the policy by REINFORCE."""
+
+    def __init__(self, front: ChannelMask, policy: StrategyNet, cfg: HybridConfig):
+        self.front, self.policy, self.cfg = front, policy, cfg
+        self.opt = torch.optim.Adam(policy.parameters(), lr=cfg.policy_lr)
+        self.baseline = None
+        self.k_history: list[int] = []
+        self._last: dict = {}
+
+    def extra_optimizers(self):
+        return [self.opt]
+
+    def transform_batch(self, x, y, step):
+        self.front.to(x.device)
+        self.policy.to(x.device)
+        with torch.no_grad():
+            rep = self.front(x)
+        logits = self.policy(rep)
+        dist = torch.distributions.Categorical(logits=logits)
+        choice = dist.sample()
+        k = self.policy.k_min + int(choice)
+        mixed, labels, w = mix(rep, y, k, self.cfg.alpha)
+        self._last = {"k": k, "log_prob": dist.log_prob(choice), "entropy": dist.entropy()}
+        return mixed, (labels[:, 0], labels, w)   # first: each sample's own label (train accuracy)
+
+    def loss(self, model, head, x, y):
+        _, labels, w = y
+        emb = model(x)
+        per = torch.stack([F.cross_entropy(head(emb, labels[:, j]), labels[:, j], reduction="none")
+                           for j in range(labels.shape[1])], 1)                  # (B, k)
+        fr_loss = (per * w).sum(1).mean()
+        reward = float(fr_loss.detach())
+        if self.baseline is None:
+            self.baseline = reward
+        advantage = reward - self.baseline
+        self.baseline = self.cfg.baseline_momentum * self.baseline + (1 - self.cfg.baseline_momentum) * reward
+        pg = -(advantage * self._last["log_prob"] + self.cfg.entropy * self._last["entropy"])
+        # The policy term carries gradient to the policy only; its value is not added to the logged loss.
+        with torch.no_grad():
+            scores = head.cosine(emb)
+        self._last["reward"] = reward
+        return fr_loss + (pg - pg.detach()), scores
+
+    def after_step(self, step, loss_value, batch):
+        self.k_history.append(self._last["k"])
+        return {"k_mean": float(self._last["k"]), "reward": self._last["reward"]}
+
+    def config(self):
+        return {"k": [self.cfg.k_min, self.cfg.k_max], "alpha": self.cfg.alpha, "policy_lr": self.cfg.policy_lr}
+
+    def state_dict(self):
+        return {"policy": self.policy.state_dict(), "baseline": self.baseline, "k_history": list(self.k_history)}
+
+    def load_state_dict(self, state):
+        self.policy.load_state_dict(state["policy"])
+        self.baseline = state["baseline"]
+        self.k_history = list(state["k_history"])
+
+
+class HybridDefense:
+    name = "hybrid"
+    privacy_knob = "alpha"
+
+    def build(self, ctx: DefenseContext) -> FrequencySystem:
+        cfg = config_from(HybridConfig, ctx.params)
+        if not 2 <= cfg.k_min <= cfg.k_max:
+            raise ValueError(f"hybrid: need 2 <= k_min <= k_max, got {cfg.k_min}, {cfg.k_max}")
+        torch.manual_seed(ctx.seed)
+        keep, measures = analyse(ctx, cfg)
+        front = ChannelMask(cfg.upsample, keep)
+        grid = front.dct.grid(*ctx.train_images.shape[1:3])[0]
+        spec = frequency_spec(ctx.baseline.spec, front.channels, grid, cfg.backbone)
+        policy = StrategyNet(front.channels, cfg.k_min, cfg.k_max)
+        hooks = HybridHooks(front, policy, cfg)
+        tcfg = train_config(ctx, {**cfg.train, "augment_flip": True})
+        model = train_frequency_fr(ctx, front, spec, tcfg, hooks=hooks, front_in_model=False)
+        front.to("cpu")
+        ks = torch.tensor(hooks.k_history, dtype=torch.float32)
+        n = max(1, len(ks) // 10)
+        with torch.no_grad():
+            probs = torch.softmax(policy.to("cpu")(front(_sample(ctx))), 0).tolist()
+        measures.update({"k_mean": float(ks.mean()), "k_mean_first_10pct": float(ks[:n].mean()),
+                         "k_mean_last_10pct": float(ks[-n:].mean()),
+                         "policy_final": {str(cfg.k_min + i): float(p) for i, p in enumerate(probs)}})
+        return system("hybrid", front, model, spec, cfg, keep, measures,
+                      extra_op={"k_range": [cfg.k_min, cfg.k_max], "alpha": cfg.alpha})
+
+    def rebuild(self, config: dict) -> FrequencySystem:
+        return rebuild_masked("hybrid", config)
+
+
+def _sample(ctx: DefenseContext) -> torch.Tensor:
+    from components.metrics.embeddings import to_model_tensor
+
+    return to_model_tensor(ctx.train_images[:128])
+
+
+__all__ = ["HybridConfig", "HybridDefense", "HybridHooks", "StrategyNet", "mix"]

@@ -1,0 +1,89 @@
+"""The privacy-utility sweep of one defense partition: one system per value of the
+defense's privacy knob (params `sweeps.<defense>`), each measured for utility and by the
+attacks that target what the defense protects. Partitions without a sweep return an empty
+record at once."""
+
+
+import dagster as dg
+import mlflow
+
+from components.attacks import ATTACKS, AttackContext, NotApplicable
+from components.data.ingest import FaceDataset
+from components.data.views import split_attributes, split_view
+from components.defenses import DefenseContext, get_defense, sweep_systems
+from components.metrics.utility import evaluate_system
+from components.models.fr_model import from_bundle
+from pipelines.assets.model_assets import _fingerprint, defense_partitions
+from pipelines.resources import ComputeResource, MLflowResource, PrivfaceSettings
+from pipelines.tracking import log_params
+
+
+@dg.asset(group_name="defenses", pool="gpu", partitions_def=defense_partitions, kinds={"pytorch", "mlflow"},
+          description="Utility and targeted attack success of a defense at each value of its privacy knob.")
+def defense_sweep(context: dg.AssetExecutionContext, settings: PrivfaceSettings, compute: ComputeResource,
+                  mlflow_tracking: MLflowResource, face_dataset: FaceDataset, dataset_splits: dict,
+                  baseline_fr_model: dict, evaluation_fr_model: dict) -> dict:
+    name = context.partition_key
+    params = settings.params()
+    sweep = (params.get("sweeps") or {}).get(name) or {}
+    values = list(sweep.get("values", []))
+    defense = get_defense(name)
+    knob = getattr(defense, "privacy_knob", "")
+    if not values or not knob:
+        context.add_output_metadata({"points": 0, "reason": "no sweep configured for this defense"})
+        return {"knob": knob, "points": [], "attacks": []}
+    manifest, pairs = dataset_splits["manifest"], dataset_splits["pairs"]
+    train_x, train_y, _ = split_view(face_dataset.images, manifest, "train")
+    public_x, public_y, _ = split_view(face_dataset.images, manifest, "public")
+    device = compute.device()
+    ckpt = settings.workdir() / "checkpoints" / "sweeps" / name / _fingerprint(
+        face_dataset.version, baseline_fr_model["spec"], params.get(name, {}))
+    evaluation = from_bundle(evaluation_fr_model)
+    attack_names = list(sweep.get("attacks", []))
+    unknown = [a for a in attack_names if a not in ATTACKS]
+    if unknown:
+        raise dg.Failure(f"sweeps.{name}.attacks names unknown attacks {unknown}; known: {list(ATTACKS)}")
+    points = []
+    with mlflow_tracking.run(context, "defense_sweep", tags={"defense": name}):
+        log_params({"knob": knob, "values": values, "attacks": attack_names,
+                    "attack_params": sweep.get("attack_params", {})})
+        ctx = DefenseContext(params=params.get(name, {}), train_images=train_x, train_labels=train_y,
+                             public_images=public_x, public_labels=public_y,
+                             baseline=from_bundle(baseline_fr_model),
+                             train_attributes=split_attributes(manifest, "train"),
+                             public_attributes=split_attributes(manifest, "public"),
+                             device=device, checkpoint_dir=ckpt, progress=settings.progress, seed=params["seed"],
+                             extra={"baseline_train": params["baseline"]["train"]})
+        for step, (value, system) in enumerate(zip(values, sweep_systems(defense, ctx, values))):
+            system = system.to("cpu").eval()
+            utility, _ = evaluate_system(system, face_dataset.images, manifest, pairs, device="cpu",
+                                         probe_fn=system.probe if system.has_probe else None)
+            attacks, strength = {}, {}
+            for attack_name in attack_names:
+                attack = ATTACKS[attack_name]
+                if attack.applies_to(system):
+                    continue
+                attack_params = {**params.get("attacks", {}).get(attack_name, {}),
+                                 **sweep.get("attack_params", {}).get(attack_name, {})}
+                actx = AttackContext(defense=name, system=system, images=face_dataset.images, manifest=manifest,
+                                     pairs=pairs, evaluation=evaluation, params=attack_params, device=device,
+                                     workdir=settings.workdir() / "sweeps" / name / f"{knob}={value}" / attack_name,
+                                     seed=params["seed"], progress=settings.progress)
+                try:
+                    result = attack.run(actx)
+                except NotApplicable:
+                    continue
+                attacks[attack_name], strength[attack_name] = result.measures, result.strength
+            point = {"value": value, "operating_point": system.operating_point(), "utility": utility,
+                     "attacks": attacks, "strength": strength, "measures": system.measures()}
+            points.append(point)
+            mlflow.log_metric("sweep_verification_accuracy", utility["verification_accuracy"], step=step)
+            for attack_name, m in attacks.items():
+                for k, v in m.items():
+                    if isinstance(v, (int, float)):
+                        mlflow.log_metric(f"sweep_{attack_name}.{k}", float(v), step=step)
+            context.log.info(f"{name} sweep {knob}={value}: accuracy {utility['verification_accuracy']:.4f}, "
+                             f"attacks {attacks}")
+    context.add_output_metadata({"points": len(points), "knob": knob,
+                                 "sweep": dg.MetadataValue.json(points)})
+    return {"knob": knob, "points": points, "attacks": attack_names}
