@@ -102,18 +102,55 @@ def test_whole_graph_writes_contract_metrics_tracks_and_registers(pipeline, mlfl
     assert client.get_model_version_by_alias("privface-baseline", "champion").version == champion.version
 
 
-def test_unimplemented_defense_fails_clearly_and_leaves_registry_alone(pipeline, mlflow_uri):
-    defs, instance, _ = pipeline
-    result = run_full(defs, instance, partition="dctdp")
+def test_failing_defense_fails_clearly_and_leaves_registry_alone(tmp_path, ci_data, dagster_home, mlflow_uri):
+    """A defense whose build fails (here a typo in its params) fails its step with the
+    reason, registers nothing and marks its MLflow run FAILED."""
+    defs = build_definitions(profile="ci", data_dir=str(ci_data), workdir=str(tmp_path / "work"),
+                             reports_dir=str(tmp_path / "reports"), mlflow_uri=mlflow_uri, progress=False,
+                             overrides=json.dumps({"dctdp": {"eps_meen": 1.0}}))
+    result = run_full(defs, dg.DagsterInstance.get(), partition="dctdp")
     assert not result.success
     failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert failures and "not implemented yet" in failures[0].event_specific_data.error.to_string()
+    assert failures and "unknown parameter(s) ['eps_meen']" in failures[0].event_specific_data.error.to_string()
     client = mlflow.MlflowClient(mlflow_uri, mlflow_uri)
     assert client.search_registered_models("name = 'privface-dctdp'") == []
     # its MLflow run is marked FAILED, not left running
     exp = client.get_experiment_by_name("privface")
     runs = client.search_runs([exp.experiment_id], filter_string="tags.partition = 'dctdp' and tags.asset = 'protected_system'")
     assert runs and all(r.info.status == "FAILED" for r in runs), [(r.data.tags["asset"], r.info.status) for r in runs]
+
+
+def test_frequency_defense_partition_with_sweep(tmp_path, ci_data, dagster_home, mlflow_uri):
+    """dctdp through the stage jobs (as `privface run` does): its system is registered,
+    attacked, swept over eps_mean (utility and recovery SSIM per value) and reported beside
+    the baseline."""
+    tmp = tmp_path
+    defs = build_definitions(profile="ci", data_dir=str(ci_data), workdir=str(tmp / "work"),
+                             reports_dir=str(tmp / "reports"), mlflow_uri=mlflow_uri, progress=False,
+                             defenses="baseline,dctdp")
+    instance = dg.DagsterInstance.get()
+    for job, partition in (("prepare", None), ("defend_and_attack", "baseline"), ("defend_and_attack", "dctdp"),
+                           ("report", None)):
+        result = defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=partition,
+                                                              raise_on_error=False)
+        assert result.success, failures(result)
+    metrics = json.loads((tmp / "reports" / "metrics.json").read_text())
+    d = metrics["defenses"]["dctdp"]
+    assert d["params"]["eps_mean"] > 0 and set(d["utility"]) == CONTRACT_UTILITY
+    assert "representation_recovery" in d["attacks"] and "template_inversion" in d["attacks"]
+    assert d["measures"]["eps_max"] >= d["measures"]["eps_min"] > 0
+    sweep = d["sweep"]
+    assert sweep["knob"] == "eps_mean" and [p["value"] for p in sweep["points"]] == [1.0, 50.0]
+    for point in sweep["points"]:
+        assert point["operating_point"]["eps_mean"] == point["value"]
+        assert 0.0 <= point["attacks"]["representation_recovery"]["ssim"] <= 1.0
+    assert (tmp / "reports" / "sweeps.png").is_file()
+    assert "Sweeps: utility against the privacy measure" in (tmp / "reports" / "report.html").read_text()
+    client = mlflow.MlflowClient(mlflow_uri, mlflow_uri)
+    assert client.get_model_version_by_alias("privface-dctdp", "champion").version == int(d["mlflow"]["model_version"])
+    exp = client.get_experiment_by_name("privface")
+    runs = client.search_runs([exp.experiment_id], filter_string="tags.asset = 'defense_sweep' and tags.partition = 'dctdp'")
+    assert len(runs) == 1 and len(client.get_metric_history(runs[0].info.run_id, "sweep_verification_accuracy")) == 2
 
 
 def test_definitions_validate(dagster_home):
