@@ -60,3 +60,32 @@ def test_report_html_inlines_figures_and_escapes(tmp_path):
     html = render_report(m, {"trade-off": fig}, tmp_path / "report.html").read_text()
     assert "data:image/png;base64," in html
     assert "<script>" not in html and "&lt;b&gt;x&lt;/b&gt;" in html
+
+
+def _utility(acc):
+    return {"verification_accuracy": acc, "verification_std": 0.01, "tar_at_far_1e-3": 0.3, "eer": 0.1, "rank1": 0.7}
+
+
+def test_sweep_and_measures_go_to_metrics_and_plot(tmp_path):
+    from PIL import Image
+
+    from components.reporting.figures import sweep_measure, sweep_plot
+
+    points = [{"value": v, "operating_point": {"eps_mean": v}, "utility": _utility(acc),
+               "attacks": {"representation_recovery": {"ssim": ssim, "psnr_db": 20.0, "sar_type1": 0.1,
+                                                       "sar_type2": 0.0}}, "measures": {}}
+              for v, acc, ssim in ((1.0, 0.6, 0.2), (10.0, 0.9, 0.5))]
+    results = {"baseline": {"utility": _utility(0.95)},
+               "dctdp": {"utility": _utility(0.9), "measures": {"eps_max": 3.0},
+                         "sweep": {"knob": "eps_mean", "points": points}}}
+    m = build_metrics({"name": "x", "version": "v", "identities": 2, "images": 4}, results)
+    assert m["defenses"]["dctdp"]["measures"] == {"eps_max": 3.0}
+    assert [p["value"] for p in m["defenses"]["dctdp"]["sweep"]["points"]] == [1.0, 10.0]
+    assert "sweep" not in m["defenses"]["baseline"]                # nothing swept, nothing reported
+    assert sweep_measure("attribute_inference", {"sex": {"balanced_accuracy": 0.7, "chance": 0.5},
+                                                 "skin": {"balanced_accuracy": 0.4, "chance": 0.33}}) == \
+        pytest.approx(0.2)
+    assert sweep_measure("template_inversion", {"ssim": 0.3, "sar_type2": 0.1}) == 0.1
+    path = sweep_plot({"dctdp": m["defenses"]["dctdp"]["sweep"], "baseline": {}}, tmp_path / "s.png")
+    with Image.open(path) as img:
+        assert img.size[0] > 300                                    # one panel: the swept defense only
