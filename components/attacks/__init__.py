@@ -5,7 +5,7 @@ the battery in the report."""
 from __future__ import annotations
 
 from components.attacks import (attribute_inference, membership_inference, model_inversion,
-                                representation_recovery, template_inversion)
+                                representation_recovery, retrieval_leakage, template_inversion)
 from components.attacks.base import Attack, AttackContext, AttackResult, NotApplicable
 
 ATTACKS: dict[str, Attack] = {
@@ -14,6 +14,7 @@ ATTACKS: dict[str, Attack] = {
     "model_inversion": model_inversion.ATTACK,
     "membership_inference": membership_inference.ATTACK,
     "attribute_inference": attribute_inference.ATTACK,
+    "retrieval_leakage": retrieval_leakage.ATTACK,    # FaceMAE: published reconstructions of training faces
 }
 
 __all__ = ["ATTACKS", "Attack", "AttackContext", "AttackResult", "NotApplicable"]

@@ -3,12 +3,31 @@ Dagster partitions, the report and metrics.json read this mapping and nothing el
 
 from __future__ import annotations
 
+import importlib
 
 from components.defenses.base import Defense, DefenseContext, ProtectedSystem, sweep_systems, system_bundle
-from components.defenses.baseline import BaselineDefense
-from components.defenses.dctdp import DCTDPDefense
-from components.defenses.hybrid import HybridDefense
-from components.defenses.ppfrfd import PPFRFDDefense
+
+
+class LazyDefense:
+    """A registry entry that imports its module on first use. Defenses may use attack
+    helpers (shadow decoders, probes) and attacks import the defense protocol, so importing
+    every defense when the package loads would be circular."""
+
+    def __init__(self, name: str, target: str):
+        self.name = name
+        self._target = target
+        self._obj = None
+
+    def _load(self):
+        if self._obj is None:
+            module, cls = self._target.split(":")
+            self._obj = getattr(importlib.import_module(module), cls)()
+        return self._obj
+
+    def __getattr__(self, item):
+        if item.startswith("_"):
+            raise AttributeError(item)
+        return getattr(self._load(), item)
 
 
 class NotImplementedDefense:
@@ -29,11 +48,11 @@ class NotImplementedDefense:
 
 
 DEFENSES: dict[str, Defense] = {
-    "baseline": BaselineDefense(),
-    "dctdp": DCTDPDefense(),
-    "ppfrfd": PPFRFDDefense(),
-    "hybrid": HybridDefense(),
-    "facemae": NotImplementedDefense("facemae", "FaceMAE, issue #6"),
+    "baseline": LazyDefense("baseline", "components.defenses.baseline:BaselineDefense"),
+    "dctdp": LazyDefense("dctdp", "components.defenses.dctdp:DCTDPDefense"),
+    "ppfrfd": LazyDefense("ppfrfd", "components.defenses.ppfrfd:PPFRFDDefense"),
+    "hybrid": LazyDefense("hybrid", "components.defenses.hybrid:HybridDefense"),
+    "facemae": LazyDefense("facemae", "components.defenses.facemae:FaceMAEDefense"),
     "advface": NotImplementedDefense("advface", "template-level defenses, issue #5"),
     "dvpf": NotImplementedDefense("dvpf", "template-level defenses, issue #5"),
 }

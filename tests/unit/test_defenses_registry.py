@@ -17,11 +17,18 @@ def tiny_baseline():
 
 def test_registry_lists_every_design_defense_and_unimplemented_ones_fail_loudly():
     assert list(DEFENSES) == ["baseline", "dctdp", "ppfrfd", "hybrid", "facemae", "advface", "dvpf"]
-    assert is_implemented("baseline")
-    with pytest.raises(NotImplementedError, match="'dctdp' is not implemented yet"):
-        get_defense("dctdp").build(None)
+    for name in ("baseline", "dctdp", "ppfrfd", "hybrid", "facemae"):
+        assert is_implemented(name) and get_defense(name).name == name
+    for name in (n for n in DEFENSES if not is_implemented(n)):
+        with pytest.raises(NotImplementedError, match=f"'{name}' is not implemented yet"):
+            get_defense(name).build(None)
     with pytest.raises(ValueError, match="unknown defense 'nope'"):
         get_defense("nope")
+
+
+def test_swept_defenses_name_their_knob():
+    knobs = {n: get_defense(n).privacy_knob for n in ("dctdp", "ppfrfd", "hybrid", "facemae")}
+    assert knobs == {"dctdp": "eps_mean", "ppfrfd": "energy_removed", "hybrid": "alpha", "facemae": "mask_ratio"}
 
 
 def test_baseline_is_identity_protect_and_unit_templates_and_round_trips():
