@@ -49,10 +49,10 @@ def test_sensor_requests_one_run_per_new_md5_and_none_when_unchanged():
 def test_definitions_hold_the_graph_jobs_schedule_and_sensor():
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert keys == {"face_dataset", "dataset_splits", "baseline_fr_model", "evaluation_fr_model",
-                    "protected_system", "attack_results", "privacy_utility_report", "registered_model"}
+                    "protected_system", "defense_sweep", "attack_results", "privacy_utility_report", "registered_model"}
     assert {j for j in ("full_pipeline", "prepare", "defend_and_attack", "report")} <= \
         {j.name for j in defs.resolve_all_job_defs()}
     part = defs.resolve_assets_def("protected_system").partitions_def
     assert set(part.get_partition_keys()) == {"baseline", "dctdp", "ppfrfd", "hybrid", "facemae", "advface", "dvpf"}
-    for training_asset in ("baseline_fr_model", "evaluation_fr_model", "protected_system", "attack_results"):
+    for training_asset in ("baseline_fr_model", "evaluation_fr_model", "protected_system", "defense_sweep", "attack_results"):
         assert defs.resolve_assets_def(training_asset).op.pool == "gpu"

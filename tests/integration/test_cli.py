@@ -44,10 +44,10 @@ def test_run_prints_the_table_and_the_paths_and_leaves_runs_in_the_instance(tmp_
 
 
 def test_unimplemented_and_unknown_defenses_are_refused_before_any_work(tmp_path, ci_data, env):
-    out = privface("run", "--profile", "ci", "--data-dir", str(ci_data), "--defenses", "baseline,dctdp",
+    out = privface("run", "--profile", "ci", "--data-dir", str(ci_data), "--defenses", "baseline,advface",
                    "--workdir", str(tmp_path / "w"), env=env)
     assert out.returncode == 2
-    assert "['dctdp'] not implemented yet" in out.stderr
+    assert "['advface'] not implemented yet" in out.stderr
     out = privface("run", "--profile", "ci", "--defenses", "nope", env=env)
     assert out.returncode == 2 and "unknown defense(s) ['nope']" in out.stderr
     assert not (tmp_path / "w").exists()
