@@ -30,31 +30,14 @@ class LazyDefense:
         return getattr(self._load(), item)
 
 
-class NotImplementedDefense:
-    """A registered defense whose method has not landed yet: fails loudly, never fakes."""
-
-    def __init__(self, name: str, where: str):
-        self.name = name
-        self.where = where
-
-    def _fail(self):
-        raise NotImplementedError(f"defense {self.name!r} is not implemented yet ({self.where})")
-
-    def build(self, ctx: DefenseContext) -> ProtectedSystem:
-        self._fail()
-
-    def rebuild(self, config: dict) -> ProtectedSystem:
-        self._fail()
-
-
 DEFENSES: dict[str, Defense] = {
     "baseline": LazyDefense("baseline", "components.defenses.baseline:BaselineDefense"),
     "dctdp": LazyDefense("dctdp", "components.defenses.dctdp:DCTDPDefense"),
     "ppfrfd": LazyDefense("ppfrfd", "components.defenses.ppfrfd:PPFRFDDefense"),
     "hybrid": LazyDefense("hybrid", "components.defenses.hybrid:HybridDefense"),
     "facemae": LazyDefense("facemae", "components.defenses.facemae:FaceMAEDefense"),
-    "advface": NotImplementedDefense("advface", "template-level defenses, issue #5"),
-    "dvpf": NotImplementedDefense("dvpf", "template-level defenses, issue #5"),
+    "advface": LazyDefense("advface", "components.defenses.advface:AdvFaceDefense"),
+    "dvpf": LazyDefense("dvpf", "components.defenses.dvpf:DVPFDefense"),
 }
 
 
@@ -62,10 +45,6 @@ def get_defense(name: str) -> Defense:
     if name not in DEFENSES:
         raise ValueError(f"unknown defense {name!r}; known: {', '.join(DEFENSES)}")
     return DEFENSES[name]
-
-
-def is_implemented(name: str) -> bool:
-    return not isinstance(get_defense(name), NotImplementedDefense)
 
 
 def load_system(bundle: dict) -> ProtectedSystem:
@@ -78,4 +57,4 @@ def load_system(bundle: dict) -> ProtectedSystem:
 
 
 __all__ = ["DEFENSES", "Defense", "DefenseContext", "ProtectedSystem", "get_defense",
-           "is_implemented", "load_system", "sweep_systems", "system_bundle"]
+           "load_system", "sweep_systems", "system_bundle"]
