@@ -1,12 +1,22 @@
-"""One way to write a file so that a crash or a failed write never leaves it half-written
-and never damages the previous version: write a temp file beside it, then os.replace."""
+"""Writes that a crash, a failed write or a second process writing the same path never
+leave half-done: a file is written to a temp file beside it and moved in with os.replace;
+a folder is built in a temp folder beside it and swapped in under a file lock.
+
+The lock matters for folders only: os.replace of a file is atomic even with two writers
+(the last one wins), but replacing a folder takes two renames (old out, new in), and two
+processes doing that at once (two pipeline runs materializing the same asset) would fail
+on each other's half-done swap, while a reader between the renames would find nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, IO
+from typing import IO, Callable, Iterator
+
+from filelock import FileLock
 
 
 def atomic_write(path: str | Path, write: Callable[[IO], object], binary: bool = True,
@@ -33,3 +43,40 @@ def atomic_write(path: str | Path, write: Callable[[IO], object], binary: bool =
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, lambda fh: fh.write(text), binary=False)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path) -> Iterator[None]:
+    """An inter-process lock on `folder` (a `.<name>.lock` file beside it): held while the
+    folder is swapped or read, so a reader never sees it half-replaced."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(folder.with_name(f".{folder.name}.lock")):
+        yield
+
+
+def atomic_write_dir(folder: str | Path, write: Callable[[Path], object]) -> Path:
+    """Call `write(tmp)` on an empty temp folder beside `folder`, then swap it in for
+    `folder` under `folder_lock`. The slow part (writing) runs unlocked; a failed write
+    leaves the previous folder as it was."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
+    old = None
+    try:
+        write(tmp)
+        with folder_lock(folder):
+            if folder.exists():
+                old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old-"))
+                os.replace(folder, old / folder.name)
+            try:
+                os.replace(tmp, folder)
+            except BaseException:
+                if old is not None and (old / folder.name).exists():
+                    os.replace(old / folder.name, folder)   # put the previous version back
+                raise
+    finally:
+        for leftover in (tmp, old):   # after a swap: the displaced version; after a failure: the temp
+            if leftover is not None:
+                shutil.rmtree(leftover, ignore_errors=True)
+    return folder

@@ -21,9 +21,9 @@ def weekly_retraining(context: dg.ScheduleEvaluationContext, settings: PrivfaceS
 
 
 @dg.sensor(job=full_pipeline, minimum_interval_seconds=60, default_status=dg.DefaultSensorStatus.STOPPED,
-           description="Retrain when the md5 of data/ recorded in data.dvc changes.")
+           description="Retrain when the md5 of data/ recorded in data.dvc (settings.dvc_file) changes.")
 def data_change_sensor(context: dg.SensorEvaluationContext, settings: PrivfaceSettings):
-    md5 = dvc_data_md5(settings.path("data.dvc"))
+    md5 = dvc_data_md5(settings.path(settings.dvc_file))
     if md5 == "none":
         return dg.SkipReason("no data.dvc: nothing to watch")
     if context.cursor is None:

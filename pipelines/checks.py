@@ -1,10 +1,11 @@
 """Asset checks: blocking data checks (pandera schema, Great Expectations suite, split
-disjointness) and model sanity (finite weights, embeddings not collapsed)."""
+disjointness), model sanity (finite weights, embeddings not collapsed) and the promotion gate."""
 
 
 import dagster as dg
 import torch
 
+from components.atomic import folder_lock
 from components.data.errors import DataError
 from components.data.ingest import FaceDataset
 from components.data.quality import run_quality_suite
@@ -31,10 +32,11 @@ def manifest_schema(face_dataset: FaceDataset) -> dg.AssetCheckResult:
 def data_quality(settings: PrivfaceSettings, face_dataset: FaceDataset) -> dg.AssetCheckResult:
     params = settings.params()
     data = params["data"]
-    report = run_quality_suite(face_dataset.manifest, image_size=data["image_size"],
-                               min_identities=data["min_identities"],
-                               attribute_values=data.get("attribute_values"),
-                               docs_dir=settings.reports_dir() / "gx")
+    docs = settings.reports_dir() / "gx"
+    with folder_lock(docs):   # one GX project per reports dir: two runs writing it at once clash
+        report = run_quality_suite(face_dataset.manifest, image_size=data["image_size"],
+                                   min_identities=data["min_identities"],
+                                   attribute_values=data.get("attribute_values"), docs_dir=docs)
     failed = [r for r in report.results if not r["success"]]
     return dg.AssetCheckResult(
         passed=report.success,
@@ -81,13 +83,17 @@ def evaluation_model_sane(settings: PrivfaceSettings, evaluation_fr_model: dict,
     return _model_sanity(settings, evaluation_fr_model, face_dataset, dataset_splits)
 
 
-@dg.asset_check(asset="registered_model", description="The promotion gate's verdict per defense, with the numbers.")
-def promotion_gate(registered_model: dict) -> dg.AssetCheckResult:
+@dg.asset_check(asset="promotion_candidates", blocking=True,
+                description="The promotion gate's verdict per defense, with the numbers; fails (and so "
+                            "stops the champion from moving) when no candidate passes.")
+def promotion_gate(promotion_candidates: dict) -> dg.AssetCheckResult:
+    def line(v: dict) -> str:
+        return f"{'passed' if v['passed'] else 'failed'}, {v['alias']} v{v['version']}: " + "; ".join(v["reasons"])
+
     return dg.AssetCheckResult(
-        passed=all(d["passed"] for d in registered_model.values()),
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={name: dg.MetadataValue.text(f"{d['alias']} v{d['version']}: {d['reason']}")
-                  for name, d in registered_model.items()})
+        passed=any(v["passed"] for v in promotion_candidates.values()),
+        metadata={"passing": dg.MetadataValue.json(sorted(n for n, v in promotion_candidates.items() if v["passed"])),
+                  **{name: dg.MetadataValue.text(line(v)) for name, v in promotion_candidates.items()}})
 
 
 ALL_CHECKS = [manifest_schema, data_quality, splits_disjoint, baseline_model_sane, evaluation_model_sane,

@@ -27,13 +27,20 @@ concurrency:
 
 
 def ensure_dagster_home() -> Path:
-    """DAGSTER_HOME (default ./dagster_home) with privface's instance config."""
+    """DAGSTER_HOME (default ./dagster_home) with privface's instance config and its sqlite
+    storage, created under a file lock: two runs starting at once on a new home would
+    otherwise both create the tables and one fail ("table runs already exists")."""
+    import dagster as dg
+    from filelock import FileLock
+
     home = Path(os.environ.get("DAGSTER_HOME") or PROJECT_ROOT / "dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
-    cfg = home / "dagster.yaml"
-    if not cfg.exists():
-        cfg.write_text(DAGSTER_YAML)
     os.environ["DAGSTER_HOME"] = str(home)
+    with FileLock(home / ".init.lock"):
+        cfg = home / "dagster.yaml"
+        if not cfg.exists():
+            cfg.write_text(DAGSTER_YAML)
+        dg.DagsterInstance.get().dispose()
     return home
 
 
@@ -57,6 +64,16 @@ def _print_table(metrics: dict) -> None:
           "inference, attr gain: attribute probe balanced accuracy above chance; n/a: not run")
 
 
+def _gate_refusal(result) -> str:
+    """The gate's verdicts when the failed promotion_gate check is the only thing that failed
+    in the run (a refusal to promote is an outcome to show, not a pipeline error), else ""."""
+    gate = [e for e in result.get_asset_check_evaluations() if e.check_name == "promotion_gate" and not e.passed]
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    if not gate or any(e.event_specific_data.error.cls_name != "DagsterAssetCheckFailedError" for e in failures):
+        return ""
+    return "\n".join(f"  {name}: {value.value}" for name, value in gate[0].metadata.items() if name != "passing")
+
+
 def cmd_run(args) -> int:
     import dagster as dg
 
@@ -65,7 +82,8 @@ def cmd_run(args) -> int:
 
     home = ensure_dagster_home()
     defs = build_definitions(profile=args.profile, data_dir=args.data_dir or "", defenses=args.defenses or "",
-                             device=args.device, workdir=args.workdir or "", reports_dir=args.reports_dir or "")
+                             device=args.device, workdir=args.workdir or "", reports_dir=args.reports_dir or "",
+                             mlflow_uri=os.environ.get("MLFLOW_TRACKING_URI", ""))   # e.g. a shared server
     settings = defs.resources["settings"]
     params = settings.params()
     defenses = list(params["defenses"])
@@ -85,7 +103,11 @@ def cmd_run(args) -> int:
         result = defs.resolve_job_def(job_name).execute_in_process(
             instance=instance, partition_key=partition, run_config=log_config, raise_on_error=False,
             tags={"privface/trigger": "cli", "privface/profile": args.profile})
-        if not result.success:
+        refusal = _gate_refusal(result)
+        if refusal:
+            print(f"privface: the promotion gate passed no candidate; no champion alias moved:\n{refusal}",
+                  file=sys.stderr)
+        elif not result.success:
             print(f"privface: {label} failed (Dagster run {result.run_id}); see the log above or `make ui`",
                   file=sys.stderr)
             return 1

@@ -16,7 +16,8 @@ import dagster as dg  # noqa: E402
 from pipelines.assets.attack_assets import attack_results  # noqa: E402
 from pipelines.assets.data_assets import dataset_splits, face_dataset  # noqa: E402
 from pipelines.assets.model_assets import baseline_fr_model, evaluation_fr_model, protected_system  # noqa: E402
-from pipelines.assets.report_assets import privacy_utility_report, registered_model  # noqa: E402
+from pipelines.assets.promotion_assets import promotion_candidates, registered_model  # noqa: E402
+from pipelines.assets.report_assets import privacy_utility_report  # noqa: E402
 from pipelines.assets.sweep_assets import defense_sweep  # noqa: E402
 from pipelines.automation import data_change_sensor, weekly_retraining  # noqa: E402
 from pipelines.checks import ALL_CHECKS  # noqa: E402
@@ -25,7 +26,7 @@ from pipelines.jobs import ALL_JOBS  # noqa: E402
 from pipelines.resources import PROJECT_ROOT, ComputeResource, MLflowResource, PrivfaceSettings  # noqa: E402
 
 ASSETS = [face_dataset, dataset_splits, baseline_fr_model, evaluation_fr_model, protected_system, defense_sweep,
-          attack_results, privacy_utility_report, registered_model]
+          attack_results, privacy_utility_report, promotion_candidates, registered_model]
 
 
 def build_resources(profile: str = "demo", data_dir: str = "", defenses: str = "", workdir: str = "",

@@ -6,18 +6,22 @@
 - other dicts      -> JSON
 A partitioned asset read by an unpartitioned one through `dg.AssetIn(metadata=ALL_PARTITIONS)`
 arrives as {partition: value} holding only the partitions that were materialized (the
-report decides which it needs)."""
+report decides which it needs).
+
+Two runs may materialize the same asset at once on one workdir (two `privface run`s, the UI
+and the CLI): each value is written to a temp folder and swapped in under a file lock
+(components.atomic.atomic_write_dir), and read under the same lock, so neither writer
+fails on the other's swap and no reader sees a folder half-replaced."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import dagster as dg
 import pandas as pd
+
+from components.atomic import atomic_write_dir, folder_lock
 
 BUNDLE_KINDS = ("fr_model", "protected_system")
 
@@ -69,27 +73,19 @@ def _read(kind: str, folder: Path):
 def store(obj, folder: Path) -> None:
     """Write `obj` to `folder`, replacing what was there only once the write succeeded."""
     kind = _kind_of(obj)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
-    try:
+
+    def write(tmp: Path) -> None:
         _write(kind, obj, tmp)
         (tmp / "kind").write_text(kind)
-        old = None
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    atomic_write_dir(folder, write)
 
 
 def fetch(folder: Path):
-    if not (folder / "kind").is_file():
-        raise FileNotFoundError(f"{folder}: nothing stored here (materialize the upstream asset first)")
-    return _read((folder / "kind").read_text().strip(), folder)
+    with folder_lock(folder):
+        if not (folder / "kind").is_file():
+            raise FileNotFoundError(f"{folder}: nothing stored here (materialize the upstream asset first)")
+        return _read((folder / "kind").read_text().strip(), folder)
 
 
 class PrivfaceIOManager(dg.ConfigurableIOManager):

@@ -28,6 +28,7 @@ class PrivfaceSettings(dg.ConfigurableResource):
     workdir_override: str = ""    # overrides params' workdir (tests use temp dirs)
     reports_override: str = ""    # overrides params' reports_dir
     overrides: str = ""           # JSON object deep-merged over the profile (benchmarks, experiments)
+    dvc_file: str = "data.dvc"    # the DVC file data_change_sensor watches (relative: to the project)
     progress: bool = True
 
     def params(self) -> dict:
@@ -88,9 +89,62 @@ def dvc_data_md5(dvc_file: Path = PROJECT_ROOT / "data.dvc") -> str:
     return str(outs[0].get("md5", "none")) if outs else "none"
 
 
+def _sqlite_path(uri: str) -> Path | None:
+    """The file of a `sqlite:////abs/path` store URI, else None (a server, a database)."""
+    return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
+
+
+def _store_lock(uri: str):
+    """An inter-process lock beside a sqlite store (a no-op for servers). MLflow creates and
+    migrates a new sqlite db's tables without a lock (SqlAlchemyStore.__init__), so two
+    processes opening a fresh store at once (two runs, or two steps of one multiprocess
+    run) fail with "index ... already exists" or "database is locked"; registering the
+    same content twice at once would also make two versions."""
+    from filelock import FileLock
+
+    path = _sqlite_path(uri)
+    return FileLock(f"{path}.lock") if path is not None else contextlib.nullcontext()
+
+
+def _use_wal(uri: str) -> None:
+    """Switch a sqlite store to write-ahead logging (persistent in the file), so readers no
+    longer block the writer of another run; MLflow already waits 20 s on a busy db."""
+    import sqlite3
+
+    path = _sqlite_path(uri)
+    if path is None:
+        return
+    with contextlib.closing(sqlite3.connect(path, timeout=30)) as db:
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError:
+            pass  # in use by a process holding a transaction; WAL is an optimisation
+
+
+def _retry(call, attempts: int = 8, first_wait: float = 0.25):
+    """`call()`, called again after a growing pause while the store reports itself busy
+    (a sqlite "database is locked" arrives as an MlflowException TEMPORARILY_UNAVAILABLE;
+    a failed call was rolled back, so calling again is safe)."""
+    import random
+    import time
+
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001  (re-raised unless it is a busy store)
+            busy = getattr(exc, "error_code", "") == "TEMPORARILY_UNAVAILABLE" or "database is locked" in str(exc)
+            if not busy or attempt == attempts - 1:
+                raise
+            time.sleep(first_wait * 2 ** attempt * (0.5 + random.random()))
+
+
 class MLflowResource(dg.ConfigurableResource):
     """MLflow tracking and registry: one run per asset partition, models registered once
-    per content hash, aliases moved only by the promotion gate."""
+    per content hash, aliases moved only by the promotion gate.
+
+    Safe for several runs at once on one store: a local sqlite store is created under a file
+    lock and switched to WAL, and the calls made here are retried while the store is busy."""
 
     tracking_uri: str = ""         # empty: params' mlflow.tracking_uri (or MLFLOW_TRACKING_URI)
     artifact_root: str = ""
@@ -111,15 +165,22 @@ class MLflowResource(dg.ConfigurableResource):
         import mlflow
 
         if self._client is None:
-            mlflow.set_tracking_uri(self.resolved_uri())
-            mlflow.set_registry_uri(self.resolved_uri())
-            self._client = mlflow.MlflowClient(self.resolved_uri(), self.resolved_uri())
-            if self._client.get_experiment_by_name(self.experiment) is None:
-                try:
-                    self._client.create_experiment(self.experiment, artifact_location=self._artifact_location())
-                except Exception:  # created by a concurrent run in between
-                    if self._client.get_experiment_by_name(self.experiment) is None:
-                        raise
+            uri = self.resolved_uri()
+            mlflow.set_tracking_uri(uri)
+            mlflow.set_registry_uri(uri)
+            with _store_lock(uri):
+                # opening the tracking store (in MlflowClient()) and the registry store (first
+                # registry call) creates and migrates a new sqlite db's tables
+                client = mlflow.MlflowClient(uri, uri)
+                _retry(lambda: client.search_registered_models(max_results=1))
+                if _retry(lambda: client.get_experiment_by_name(self.experiment)) is None:
+                    try:
+                        client.create_experiment(self.experiment, artifact_location=self._artifact_location())
+                    except Exception:  # created by a concurrent run in between (on a server)
+                        if _retry(lambda: client.get_experiment_by_name(self.experiment)) is None:
+                            raise
+                _use_wal(uri)
+            self._client = client
         return self._client
 
     def _artifact_location(self) -> str | None:
@@ -143,42 +204,48 @@ class MLflowResource(dg.ConfigurableResource):
         client = self.client()
         partitioned = context.has_partition_key and context.assets_def.partitions_def is not None
         partition = context.partition_key if partitioned else "all"
-        exp = client.get_experiment_by_name(self.experiment)
+        exp = _retry(lambda: client.get_experiment_by_name(self.experiment))
         query = (f"tags.dagster_run_id = '{context.run_id}' and tags.asset = '{asset}' "
                  f"and tags.partition = '{partition}'")
-        found = client.search_runs([exp.experiment_id], filter_string=query, max_results=1)
+        found = _retry(lambda: client.search_runs([exp.experiment_id], filter_string=query, max_results=1))
         all_tags = {"dagster_run_id": context.run_id, "asset": asset, "partition": partition,
                     "code_version": code_version(), "dvc_data_md5": dvc_data_md5(), **(tags or {})}
         run_name = f"{asset}[{partition}]"
         if found:
-            active = mlflow.start_run(run_id=found[0].info.run_id)
+            active = _retry(lambda: mlflow.start_run(run_id=found[0].info.run_id))
         else:
-            active = mlflow.start_run(experiment_id=exp.experiment_id, run_name=run_name, tags=all_tags)
+            active = _retry(lambda: mlflow.start_run(experiment_id=exp.experiment_id, run_name=run_name,
+                                                     tags=all_tags))
         with active as r:
-            mlflow.set_tags(all_tags)
+            _retry(lambda: mlflow.set_tags(all_tags))
             yield r
 
     def register(self, name: str, model_uri: str, run_id: str, content_hash: str, tags: dict) -> str:
-        """The registered version for this content; created only if no version holds it."""
+        """The registered version for this content; created only if no version holds it.
+        A `models:/<model_id>` source (a logged model) is registered with its model_id,
+        which an MLflow server requires (a local store accepts it without)."""
         from mlflow.exceptions import MlflowException
 
         client = self.client()
-        try:
-            client.create_registered_model(name)
-        except MlflowException:
-            pass  # exists
-        for mv in client.search_model_versions(f"name = '{name}'"):
-            if mv.tags.get("content_hash") == content_hash:
-                return mv.version
-        mv = client.create_model_version(name, model_uri, run_id=run_id,
-                                         tags={"content_hash": content_hash, **tags})
-        return mv.version
+        ref = model_uri[len("models:/"):] if model_uri.startswith("models:/") else ""
+        model_id = ref if ref and "/" not in ref and "@" not in ref else None
+        with _store_lock(self.resolved_uri()):   # two runs registering the same weights: one version
+            try:
+                _retry(lambda: client.create_registered_model(name))
+            except MlflowException:
+                pass  # exists
+            for mv in _retry(lambda: client.search_model_versions(f"name = '{name}'")):
+                if mv.tags.get("content_hash") == content_hash:
+                    return mv.version
+            mv = _retry(lambda: client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id,
+                                                            tags={"content_hash": content_hash, **tags}))
+            return mv.version
 
     def alias_version(self, name: str, alias: str) -> str | None:
         from mlflow.exceptions import MlflowException
 
         try:
-            return self.client().get_model_version_by_alias(name, alias).version
+            return _retry(lambda: self.client().get_model_version_by_alias(name, alias)).version
         except MlflowException:
             return None
 

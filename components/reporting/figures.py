@@ -1,28 +1,34 @@
-"""Figures of the report that are not metric-specific: training curves and the
-privacy-utility trade-off (matplotlib, Agg backend, PNG files)."""
+"""Figures of the report that are not metric-specific: training curves, the
+privacy-utility trade-off with its Pareto front, the defense x attack success matrix and
+the sweeps (matplotlib Figure + Agg canvas, PNG files; no pyplot, so no global state)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from components.metrics.plots import roc_plot
+from components.reporting.scores import RECONSTRUCTION_ATTACKS, attack_successes, compute_scores
 
 
-def _save(fig, path: str | Path) -> Path:
-    fig.tight_layout()
+def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
 def training_curves(histories: dict[str, list[dict]], path: str | Path) -> Path:
     """Loss and train accuracy per epoch, one line per model."""
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig = Figure(figsize=(9, 3.4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     for name, hist in histories.items():
         if not hist:
             continue
@@ -35,40 +41,184 @@ def training_curves(histories: dict[str, list[dict]], path: str | Path) -> Path:
     return _save(fig, path)
 
 
+# ---------------------------------------------------------------- trade-off
+
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
-    """Indices of points not dominated in (utility, privacy), both to maximise."""
+    """Indices (ascending) of the points no other point dominates, both coordinates
+    maximised: a point is dominated by one at least as good in both and better in one.
+    Equal points do not dominate each other, so ties are all kept."""
     front = []
     for i, (u, p) in enumerate(points):
-        dominated = any((u2 >= u and p2 >= p) and (u2 > u or p2 > p)
+        dominated = any(u2 >= u and p2 >= p and (u2 > u or p2 > p)
                         for j, (u2, p2) in enumerate(points) if j != i)
         if not dominated:
             front.append(i)
     return front
 
 
-def tradeoff_plot(scores: dict[str, dict], path: str | Path) -> Path:
-    """Utility against privacy score, one point per defense (Pareto front marked).
-    Defenses without a measured privacy score are listed in the title, not plotted."""
-    named = [(n, s["utility"], s["privacy"]) for n, s in scores.items() if "privacy" in s]
-    missing = [n for n, s in scores.items() if "privacy" not in s]
-    fig, ax = plt.subplots(figsize=(5, 4))
-    if named:
-        pts = [(u, p) for _, u, p in named]
-        front = set(pareto_front(pts))
-        for i, (name, u, p) in enumerate(named):
-            ax.scatter(p, u, s=60 if i in front else 30, marker="*" if i in front else "o")
-            ax.annotate(name, (p, u), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        fpts = sorted((pts[i] for i in front), key=lambda t: t[1])
-        ax.plot([p for _, p in fpts], [u for u, _ in fpts], "--", lw=1, color="grey")
+@dataclass(frozen=True)
+class TradeoffPoint:
+    """One system on the trade-off plot: a defense at its operating point (scored on the
+    whole attack battery) or one point of its sweep (scored on the sweep's attacks only)."""
+
+    label: str
+    defense: str
+    utility: float
+    privacy: float | None          # None: no attack measured, not plotted
+    sweep: bool = False
+    attacks: tuple[str, ...] = field(default=())   # the attacks the privacy score rests on
+
+
+def tradeoff_points(defenses: dict[str, dict], baseline: str = "baseline") -> list[TradeoffPoint]:
+    """The points of the trade-off plot from metrics.json's `defenses` block. Sweep points
+    get their scores from `compute_scores` on what their sweep measured, with utility
+    relative to the baseline's accuracy, like the defenses' own scores."""
+    base_acc = defenses[baseline]["utility"]["verification_accuracy"]
+    points = []
+    for name, d in defenses.items():
+        points.append(TradeoffPoint(name, name, d["scores"]["utility"], d["scores"].get("privacy"),
+                                    attacks=tuple(sorted(d.get("attacks", {})))))
+        sweep = d.get("sweep") or {}
+        for p in sweep.get("points", []):
+            s = compute_scores(p.get("attacks", {}), p["utility"]["verification_accuracy"], base_acc)
+            value = f"{p['value']:g}" if isinstance(p["value"], (int, float)) else str(p["value"])
+            points.append(TradeoffPoint(f"{name} {sweep['knob']}={value}", name, s["utility"], s.get("privacy"),
+                                        sweep=True, attacks=tuple(sorted(p.get("attacks", {})))))
+    return points
+
+
+def tradeoff_plot(points: list[TradeoffPoint], path: str | Path) -> Path:
+    """Utility score against privacy score, one marker per defense (circle) and per sweep
+    point (triangle, the defense's colour); the Pareto front over all plotted points is
+    ringed and drawn as a step line. Unscored systems are named in the title."""
+    scored = [p for p in points if p.privacy is not None]
+    unscored = [p.label for p in points if p.privacy is None]
+    fig = Figure(figsize=(6.4, 4.8))
+    ax = fig.subplots()
+    if scored:
+        front = pareto_front([(p.utility, p.privacy) for p in scored])
+        colours = {d: f"C{i % 10}" for i, d in enumerate(dict.fromkeys(p.defense for p in scored))}
+        for p in scored:
+            ax.scatter(p.privacy, p.utility, marker="^" if p.sweep else "o", s=30 if p.sweep else 60,
+                       color=colours[p.defense], zorder=3)
+            ax.annotate(p.label, (p.privacy, p.utility), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7 if p.sweep else 8)
+        fpts = sorted(((scored[i].privacy, scored[i].utility) for i in front))
+        ax.scatter([x for x, _ in fpts], [y for _, y in fpts], s=160, facecolors="none", edgecolors="black",
+                   linewidths=1.2, zorder=4, label="Pareto front (non-dominated)")
+        # the boundary of the dominated region: utility steps down as privacy grows
+        ax.step([x for x, _ in fpts], [y for _, y in fpts], where="pre", ls="--", lw=1, color="black", zorder=2)
+        ax.scatter([], [], marker="o", color="grey", label="defense (whole attack battery)")
+        if any(p.sweep for p in scored):
+            ax.scatter([], [], marker="^", color="grey", s=30,
+                       label="sweep point (scored only on the attacks its sweep ran)")
+        ax.legend(fontsize=7, loc="lower left")
     else:
         ax.text(0.5, 0.5, "no privacy score measured yet\n(no attack has run)",
                 ha="center", va="center", transform=ax.transAxes)
     title = "Privacy-utility trade-off"
-    if missing:
-        title += f"\n(no attacks measured: {', '.join(missing)})"
-    ax.set(xlabel="privacy score", ylabel="utility score", xlim=(0, 1.05), ylim=(0, 1.05), title=title)
+    if unscored:
+        title += f"\n(no attacks measured: {', '.join(unscored)})"
+    ax.set(xlabel="privacy score (higher = more private)", ylabel="utility score (accuracy / baseline)",
+           xlim=(0, 1.05), ylim=(0, 1.05), title=title)
+    ax.grid(True, alpha=0.3)
     return _save(fig, path)
 
+
+# ---------------------------------------------------------------- attack matrix
+
+@dataclass
+class AttackMatrix:
+    """Defense x attack-measure table. `values[i, j]` is NaN where nothing was measured;
+    `not_applicable[i, j]` marks cells whose attack does not apply to the defense (the
+    reason is in metrics.json's `not_applicable` and the report's tables)."""
+
+    rows: list[str]
+    columns: list[str]
+    values: np.ndarray
+    not_applicable: np.ndarray
+
+
+def _matrix(defenses: dict[str, dict], measured: dict[str, dict[str, float]], extra: list[str]) -> AttackMatrix:
+    columns = list(dict.fromkeys(c for m in measured.values() for c in m))
+    columns += [e for e in extra if not any(c.split(".")[0] == e.split(".")[0] for c in columns)]
+    rows = list(defenses)
+    values = np.full((len(rows), len(columns)), np.nan)
+    na = np.zeros((len(rows), len(columns)), dtype=bool)
+    for i, name in enumerate(rows):
+        reasons = defenses[name].get("not_applicable", {})
+        for j, col in enumerate(columns):
+            if col in measured[name]:
+                values[i, j] = measured[name][col]
+            na[i, j] = col.split(".")[0] in reasons
+    return AttackMatrix(rows, columns, values, na)
+
+
+def attack_matrix(defenses: dict[str, dict]) -> AttackMatrix:
+    """Each defense's attack success in [0, 1] (scores.attack_successes: SAR type 2,
+    model-inversion top-1, membership and attribute advantage, retrieval top-1), one
+    column per measure; attacks that apply to no defense get a column of "n/a"."""
+    measured = {n: attack_successes(d.get("attacks", {})) for n, d in defenses.items()}
+    extra = list(dict.fromkeys(a for d in defenses.values() for a in d.get("not_applicable", {})))
+    return _matrix(defenses, measured, extra)
+
+
+def ssim_matrix(defenses: dict[str, dict]) -> AttackMatrix:
+    """SSIM of each reconstruction attack's faces to the originals (higher = better
+    reconstructions = less private), the visual half of the privacy score."""
+    measured = {n: {f"{a}.ssim": d["attacks"][a]["ssim"] for a in RECONSTRUCTION_ATTACKS
+                    if "ssim" in d.get("attacks", {}).get(a, {})} for n, d in defenses.items()}
+    extra = [a for a in RECONSTRUCTION_ATTACKS if any(a in d.get("not_applicable", {}) for d in defenses.values())]
+    return _matrix(defenses, measured, [f"{a}.ssim" for a in extra])
+
+
+def cell_text(matrix: AttackMatrix, i: int, j: int) -> str:
+    """What a cell shows: the value, "n/a" (does not apply) or "-" (not measured)."""
+    if not np.isnan(matrix.values[i, j]):
+        return f"{matrix.values[i, j]:.2f}"
+    return "n/a" if matrix.not_applicable[i, j] else "-"
+
+
+def _matrix_panel(fig: Figure, ax, matrix: AttackMatrix, title: str, cbar_label: str) -> None:
+    shown = np.ma.masked_invalid(matrix.values)
+    im = ax.imshow(shown, cmap=colormaps["Reds"].with_extremes(bad="#eeeeee"), vmin=0.0, vmax=1.0, aspect="auto")
+    for i in range(len(matrix.rows)):
+        for j in range(len(matrix.columns)):
+            v = matrix.values[i, j]
+            ax.text(j, i, cell_text(matrix, i, j), ha="center", va="center", fontsize=8,
+                    color="white" if not np.isnan(v) and v > 0.6 else "black")
+    ax.set_xticks(range(len(matrix.columns)), [c.replace(".", "\n", 1) for c in matrix.columns],
+                  fontsize=7, rotation=0)
+    ax.set_yticks(range(len(matrix.rows)), matrix.rows, fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).set_label(cbar_label, fontsize=8)
+
+
+def attack_matrix_figure(defenses: dict[str, dict]) -> Figure:
+    """Left: attack success per defense and attack (Reds, 0 = no success). Right: the
+    reconstruction attacks' SSIM. Cells: the value, "n/a" (not applicable) or "-" (not run)."""
+    success, ssim = attack_matrix(defenses), ssim_matrix(defenses)
+    panels = [(success, "Attack success (lower = more private)", "attack success")]
+    if ssim.columns:
+        panels.append((ssim, "Reconstruction SSIM (lower = more private)", "SSIM"))
+    widths = [max(2, len(m.columns)) for m, _, _ in panels]
+    fig = Figure(figsize=(1.1 * sum(widths) + 2.5 * len(panels), 0.45 * len(success.rows) + 2.2))
+    axes = fig.subplots(1, len(panels), squeeze=False, gridspec_kw={"width_ratios": widths})[0]
+    for ax, (matrix, title, label) in zip(axes, panels):
+        if matrix.columns:
+            _matrix_panel(fig, ax, matrix, title, label)
+        else:
+            ax.text(0.5, 0.5, "no attack measured yet", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+    return fig
+
+
+def attack_matrix_plot(defenses: dict[str, dict], path: str | Path) -> Path:
+    """The defense x attack matrix (attack_matrix_figure) as a PNG."""
+    return _save(attack_matrix_figure(defenses), path)
+
+
+# ---------------------------------------------------------------- sweeps
 
 # The measure a sweep is drawn against, per attack: (key in the attack's block, axis label).
 SWEEP_MEASURES = {
@@ -95,7 +245,8 @@ def sweep_plot(sweeps: dict[str, dict], path: str | Path) -> Path:
     attack the sweep targets (lower is more private), points labelled by the knob value."""
     swept = {d: s for d, s in sweeps.items() if s.get("points")}
     n = max(1, len(swept))
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.6), squeeze=False)
+    fig = Figure(figsize=(4.2 * n, 3.6))
+    axes = fig.subplots(1, n, squeeze=False)
     if not swept:
         axes[0][0].text(0.5, 0.5, "no sweep configured", ha="center", va="center", transform=axes[0][0].transAxes)
     for ax, (defense, s) in zip(axes[0], swept.items()):
@@ -113,3 +264,38 @@ def sweep_plot(sweeps: dict[str, dict], path: str | Path) -> Path:
                ylabel="verification accuracy")
         ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+# ---------------------------------------------------------------- the report's figures
+
+def report_figures(metrics: dict, reports: str | Path, *, labels: np.ndarray, pair_scores: dict[str, np.ndarray],
+                   histories: dict[str, list[dict]], sweeps: dict[str, dict],
+                   attack_artifacts: dict[str, dict[str, dict[str, str]]],
+                   defense_artifacts: dict[str, dict[str, str]]) -> dict[str, dict[str, Path]]:
+    """Draw the report's figures into `reports` and group them, with the files attacks and
+    defenses wrote (reconstruction grids, membership ROCs, score tables), into sections:
+    {section title: {caption: file}}, the shape html.render_report takes."""
+    reports = Path(reports)
+    overview = {
+        "Privacy-utility trade-off: one point per defense and per sweep point (sweep points are scored "
+        "only on the attacks their sweep ran); ringed points and the step line: the Pareto front":
+            tradeoff_plot(tradeoff_points(metrics["defenses"]), reports / "tradeoff.png"),
+        "Attack success and reconstruction SSIM per defense (n/a: the attack does not apply, reasons in "
+        "the Attacks section; -: not run)": attack_matrix_plot(metrics["defenses"], reports / "attack_matrix.png"),
+    }
+    rocs = {"Verification ROC on the test pairs, per defense (FAR on a log axis)": roc_plot(
+        {d: (scores, labels) for d, scores in pair_scores.items()}, reports / "roc.png",
+        title="Verification ROC per defense")}
+    attack_outputs = {}
+    for d, attacks in attack_artifacts.items():   # grids show public identities only
+        for attack, files in attacks.items():
+            for label, path in files.items():
+                (rocs if "roc" in label else attack_outputs)[f"{d}: {attack} ({label})"] = Path(path)
+    pictures = {f"{d}: {label}": Path(path) for d, files in defense_artifacts.items() for label, path in files.items()}
+    training = {"Training curves": training_curves(histories, reports / "training.png")}
+    if any(s.get("points") for s in sweeps.values()):
+        training["Sweeps: utility against the privacy measure each defense targets"] = sweep_plot(
+            sweeps, reports / "sweeps.png")
+    return {"Trade-off and attack matrix": overview, "ROC curves": rocs,
+            "Reconstructions and other attack outputs": attack_outputs,
+            "Defense pictures": pictures, "Training and sweeps": training}

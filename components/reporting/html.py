@@ -1,5 +1,7 @@
 """reports/report.html: one self-contained page (figures inlined) with the per-defense
-table, attack results and the figures, for people who would rather look than read."""
+table, attack results and the figures, for people who would rather look than read.
+Figures come in titled sections; files that are not images (an attack's score table)
+are listed by path instead of being inlined as broken pictures."""
 
 from __future__ import annotations
 
@@ -35,23 +37,40 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 <tr><th>attack</th><th>measures</th><th>strength (attacker data, epochs, lr, architecture)</th></tr>
 {% for a, m in d.attacks.items() %}<tr><td>{{ a }}</td><td style="text-align:left">{{ m }}</td><td style="text-align:left">{{ strength.get(name, {}).get(a, "") }}</td></tr>{% endfor %}</table>
 {% else %}<p class="na">No attack has been run against this defense yet.</p>{% endif %}
-{% if d.not_applicable %}<p>Not applicable: {{ d.not_applicable }}</p>{% endif %}
+{% if d.not_applicable %}<table><tr><th>not applicable</th><th>reason</th></tr>
+{% for a, why in d.not_applicable.items() %}<tr><td>{{ a }}</td><td style="text-align:left">{{ why }}</td></tr>{% endfor %}</table>{% endif %}
 {% if d.mlflow %}<p>MLflow: run {{ d.mlflow.run_id }}, model {{ d.mlflow.model_uri }}, version {{ d.mlflow.model_version }}</p>{% endif %}
 {% endfor %}
-<h2>Figures</h2>
-{% for caption, data in figures %}<figure><img src="data:image/png;base64,{{ data }}" alt="{{ caption }}"><figcaption>{{ caption }}</figcaption></figure>
+{% for section, sec in figures %}<h2>{{ section }}</h2>
+{% for caption, mime, data in sec.images %}<figure><img src="data:{{ mime }};base64,{{ data }}" alt="{{ caption }}"><figcaption>{{ caption }}</figcaption></figure>
+{% endfor %}{% if sec.files %}<ul>{% for caption, file in sec.files %}<li>{{ caption }}: <code>{{ file }}</code></li>{% endfor %}</ul>{% endif %}
 {% endfor %}
 </body></html>
 """
 
 
-def render_report(metrics: dict, figures: dict[str, str | Path], path: str | Path,
+IMAGE_TYPES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif"}
+
+
+def _section(items: dict[str, str | Path]) -> dict:
+    images, files = [], []
+    for caption, file in items.items():
+        mime = IMAGE_TYPES.get(Path(file).suffix.lower())
+        if mime:
+            images.append((caption, mime, base64.b64encode(Path(file).read_bytes()).decode()))
+        else:
+            files.append((caption, str(file)))
+    return {"images": images, "files": files}
+
+
+def render_report(metrics: dict, figures: dict[str, dict[str, str | Path]], path: str | Path,
                   profile: str = "", strength: dict | None = None) -> Path:
-    """Write report.html; `figures` maps a caption to a PNG file (inlined)."""
+    """Write report.html; `figures` maps a section title to {caption: file}: images are
+    inlined, other files listed with their path. Empty sections are left out."""
     env = Environment(autoescape=select_autoescape(default=True, default_for_string=True))
     rows = summary_rows(metrics)
     columns = list(rows[0].keys()) if rows else []
-    inlined = [(cap, base64.b64encode(Path(p).read_bytes()).decode()) for cap, p in figures.items()]
+    inlined = [(title, _section(items)) for title, items in figures.items() if items]
     html = env.from_string(TEMPLATE).render(
         dataset=metrics["dataset"], defenses=metrics["defenses"], rows=rows, columns=columns,
         figures=inlined, profile=profile, strength=strength or {})

@@ -9,6 +9,11 @@ Reproducibility: ``torch.manual_seed(cfg.seed)`` first; then every epoch reseeds
 global RNG and draws its shuffle and flips from a generator, both seeded from
 (seed, epoch) alone. A run resumed at epoch k therefore sees exactly the batches, flips,
 dropout masks and hook randomness (if drawn from torch's RNG) of an uninterrupted run.
+
+Inside a torch.distributed process group (torchrun) the same loop trains data-parallel:
+each rank takes its share of every global batch, DDP averages the gradients, BatchNorm
+uses global-batch statistics, and only rank 0 shows progress, checkpoints and reports
+epochs (see ``distributed.py``).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .checkpoint import CHECKPOINT_NAME, fingerprint, load_checkpoint, save_checkpoint
+from .distributed import data_parallel, unwrap
 
 
 @dataclass
@@ -108,6 +114,7 @@ class TrainHooks:
 class TrainResult:
     history: list[dict] = field(default_factory=list)  # one dict per epoch, epochs numbered from 1
     resumed_from: int = 0                              # epochs already done in the checkpoint
+    samples_seen: int = 0                              # images this process trained on (its shard when distributed)
 
 
 _CORE_METRICS = ("epoch", "loss", "train_acc", "lr", "seconds", "images_per_s")
@@ -138,6 +145,11 @@ def train_classifier(
     a different config raises ValueError. ``on_epoch_end(epoch, metrics)`` is called after
     each epoch trained by this call. A non-finite loss raises FloatingPointError. Model and
     head are returned in eval mode.
+
+    In a torch.distributed group of several ranks (``distributed.data_parallel()``), every
+    rank calls this with the same data and config; each trains on batch_size / world_size
+    images per step (batch_size must split evenly) and they end with equal weights; only
+    rank 0 writes the checkpoint and calls ``on_epoch_end``. History metrics are global.
     """
     torch.manual_seed(cfg.seed)
     cfg.validate()
@@ -150,6 +162,9 @@ def train_classifier(
     head.to(device)
     if use_amp:
         model.to(memory_format=torch.channels_last)
+    dp = data_parallel()
+    is_main = dp is None or dp.is_main
+    fwd_model, fwd_head = dp.wrap(model, head, device) if dp is not None else (model, head)
 
     extra = list(hooks.extra_optimizers())
     owned = {id(p) for opt in extra for g in opt.param_groups for p in g["params"]}
@@ -160,6 +175,16 @@ def train_classifier(
     optimizer = _make_optimizer(cfg, params)
     n = len(labels)
     steps = max(1, n // cfg.batch_size)  # drop the last partial batch (BN dislikes tiny batches)
+    gb = min(cfg.batch_size, n)          # global batch: the whole set when it is smaller than one batch
+    if dp is not None:
+        if gb % dp.world_size:
+            raise ValueError(f"batch of {gb} images does not split over world_size={dp.world_size}; "
+                             "use a batch_size divisible by it")
+        local_b = gb // dp.world_size
+        mine = dp.positions(steps * gb)  # this rank's positions of each epoch's permutation
+        inside = {id(p) for p in [*model.parameters(), *head.parameters()]}
+        outside = [p for p in (q for opt in extra for g in opt.param_groups for q in g["params"])
+                   if id(p) not in inside]     # hook-owned parameters DDP does not average
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg, steps))
 
     fp_payload = _fingerprint_payload(cfg, images, labels, hooks)
@@ -181,6 +206,7 @@ def train_classifier(
         start_epoch = int(ckpt["epoch"])
 
     all_opts = [optimizer, *extra]
+    samples_seen = 0
     autocast = (lambda: torch.autocast(device_type="cuda", dtype=torch.bfloat16)) if use_amp else contextlib.nullcontext
     for epoch in range(start_epoch, cfg.epochs):
         epoch_seed = _epoch_seed(cfg.seed, epoch)
@@ -195,10 +221,10 @@ def train_classifier(
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", file=sys.stderr,
-                   disable=not cfg.progress, leave=True, dynamic_ncols=True)
+                   disable=not (cfg.progress and is_main), leave=True, dynamic_ncols=True)
         for i in bar:
             step = epoch * steps + i
-            sl = slice(i * cfg.batch_size, (i + 1) * cfg.batch_size if n >= cfg.batch_size else n)
+            sl = slice(i * gb, (i + 1) * gb) if dp is None else mine[i * local_b:(i + 1) * local_b]
             idx = order[sl]
             xb = images[idx.to(images.device)]
             if flips is not None:
@@ -211,13 +237,15 @@ def train_classifier(
             for opt in all_opts:
                 opt.zero_grad(set_to_none=True)
             with autocast():
-                loss, scores = _compute_loss(hooks, model, head, x, y)
+                loss, scores = _compute_loss(hooks, fwd_model, fwd_head, x, y)
             loss_value = float(loss.detach().float().item())
             if not math.isfinite(loss_value):
                 raise FloatingPointError(
                     f"non-finite loss ({loss_value}) at epoch {epoch + 1}/{cfg.epochs}, step {i + 1}/{steps} "
                     f"(global step {step}); lower the lr or check the inputs")
             loss.backward()
+            if dp is not None and outside:
+                dp.average_gradients(outside)
             for opt in all_opts:
                 if cfg.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(
@@ -238,7 +266,7 @@ def train_classifier(
                 slot = hook_sums.setdefault(k, [0.0, 0])
                 slot[0] += float(v)
                 slot[1] += 1
-            if cfg.progress:
+            if cfg.progress and is_main:
                 elapsed = time.perf_counter() - t0
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / scored:.3f}" if scored else "-",
                                 img_s=f"{seen / elapsed:.0f}", refresh=False)
@@ -246,6 +274,12 @@ def train_classifier(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
+        samples_seen += seen
+        if dp is not None:  # epoch sums over the ranks, so the history describes the global batches
+            names = sorted(hook_sums)
+            totals = dp.sum([loss_sum, correct, scored, seen, *(v for k in names for v in hook_sums[k])], device)
+            loss_sum, correct, scored, seen = totals[0], int(totals[1]), int(totals[2]), int(totals[3])
+            hook_sums = {k: [totals[4 + 2 * j], totals[5 + 2 * j]] for j, k in enumerate(names)}
         metrics = {
             "epoch": epoch + 1,
             "loss": loss_sum / seen,
@@ -256,7 +290,7 @@ def train_classifier(
             **{k: total / count for k, (total, count) in hook_sums.items()},
         }
         history.append(metrics)
-        if ckpt_path is not None:
+        if ckpt_path is not None and is_main:
             save_checkpoint(ckpt_path, {
                 "format": 1,
                 "fingerprint": fp,
@@ -271,12 +305,14 @@ def train_classifier(
                 "history": history,
                 "hooks": hooks.state_dict(),
             })
-        if on_epoch_end is not None:
+        if dp is not None:
+            dp.barrier()  # no rank goes on (or reads the checkpoint) before rank 0 has written it
+        if on_epoch_end is not None and is_main:
             on_epoch_end(epoch + 1, dict(metrics))
 
     model.eval()
     head.eval()
-    return TrainResult(history=history, resumed_from=start_epoch)
+    return TrainResult(history=history, resumed_from=start_epoch, samples_seen=samples_seen)
 
 
 def _compute_loss(hooks: TrainHooks, model: nn.Module, head: nn.Module, x: Tensor, y) -> tuple[Tensor, Tensor | None]:
@@ -293,8 +329,9 @@ def _compute_loss(hooks: TrainHooks, model: nn.Module, head: nn.Module, x: Tenso
     else:
         logits = head(emb, y)
         loss = F.cross_entropy(logits, y)
+    plain_head = unwrap(head)  # under DDP the head's own methods sit on the wrapped module
     with torch.no_grad():
-        scores = head.cosine(emb.detach()) if hasattr(head, "cosine") else logits
+        scores = plain_head.cosine(emb.detach()) if hasattr(plain_head, "cosine") else logits
     return loss, scores
 
 

@@ -18,6 +18,7 @@ from components.metrics.embeddings import to_model_tensor
 from components.metrics.plots import roc_plot
 from components.metrics.utility import evaluate_system, pair_scores
 from components.models.fr_model import FRModel, from_bundle, make_spec, to_bundle, train_fr_model
+from components.training.ddp_entry import train_fr_model_torchrun
 from pipelines.resources import ComputeResource, MLflowResource, PrivfaceSettings, content_hash
 from pipelines.tracking import epoch_logger, log_params, log_system_model
 
@@ -25,6 +26,10 @@ defense_partitions = dg.StaticPartitionsDefinition(list(DEFENSES))
 
 
 class TrainingConfig(dg.Config):
+    """Per-run choices. How many processes train is params.yaml's `<block>.world_size`
+    (beside `train`, not in it: it says how to train, not what, so it changes neither the
+    checkpoint folder nor the TrainConfig the defenses reuse)."""
+
     force_retrain: bool = False   # drop the finished checkpoint and train again
 
 
@@ -41,14 +46,20 @@ def _train_fr(context, settings: PrivfaceSettings, compute: ComputeResource, mlf
     spec = make_spec(params[block]["backbone"], params[block]["head"], num_classes=int(labels.max()) + 1,
                      input_size=params["data"]["image_size"])
     train = params[block]["train"]
+    world_size = int(params[block].get("world_size", 1))
     ckpt = settings.workdir() / "checkpoints" / block / _fingerprint(ds.version, spec, train)
     if config.force_retrain and ckpt.exists():
         shutil.rmtree(ckpt)
     device = compute.device()
     with mlflow_res.run(context, block, tags={"data_version": ds.version}) as run:
-        log_params({"spec": spec, "train": train, "train_images": len(images)})
-        model = train_fr_model(images, labels, spec, train, device=device, checkpoint_dir=ckpt,
-                               on_epoch_end=epoch_logger("train_"), progress=settings.progress)
+        log_params({"spec": spec, "train": train, "train_images": len(images), "world_size": world_size})
+        if world_size > 1:  # torchrun subprocess: data-parallel ranks, output streamed to the run's log
+            model, _ = train_fr_model_torchrun(images, labels, spec, train, world_size, device=device,
+                                               checkpoint_dir=ckpt, on_epoch_end=epoch_logger("train_"),
+                                               log=context.log.info, work_dir=settings.workdir() / "torchrun")
+        else:
+            model = train_fr_model(images, labels, spec, train, device=device, checkpoint_dir=ckpt,
+                                   on_epoch_end=epoch_logger("train_"), progress=settings.progress)
         utility, templates = evaluate_system(lambda x: model.backbone(x), ds.images, manifest, pairs,
                                              device=device)
         mlflow.log_metrics({f"test_{k}": v for k, v in utility.items()})
@@ -57,6 +68,7 @@ def _train_fr(context, settings: PrivfaceSettings, compute: ComputeResource, mlf
         "epochs": len(model.history),
         "final_train_acc": float(model.history[-1]["train_acc"]) if model.history else 0.0,
         "device": str(device),
+        "world_size": world_size,
         "mlflow_run_id": run.info.run_id,
         "checkpoint": str(ckpt),
     })

@@ -1,13 +1,12 @@
-"""The privacy-utility report (metrics.json, report.html, figures, to MLflow too) and
-the promotion of registered models that pass the gate to the `champion` alias."""
+"""The privacy-utility report (metrics.json, report.html, figures, to MLflow too); the
+promotion that follows it lives in promotion_assets.py."""
 
 
 import dagster as dg
 import mlflow
 import numpy as np
 
-from components.metrics.plots import roc_plot
-from components.reporting.figures import sweep_plot, tradeoff_plot, training_curves
+from components.reporting.figures import report_figures
 from components.reporting.html import render_report
 from components.reporting.metrics_file import build_metrics, summary_rows, write_json
 from pipelines.io_manager import ALL_PARTITIONS
@@ -42,27 +41,13 @@ def privacy_utility_report(context: dg.AssetExecutionContext, settings: Privface
                "identities": int(manifest["identity"].nunique()), "images": int(len(manifest))}
     metrics = build_metrics(dataset, results)
     reports = settings.reports_dir()
-    labels = dataset_splits["pairs"]["label"].to_numpy()
-    figures = {
-        "ROC on the test pairs (FAR on a log axis)": roc_plot(
-            {d: (np.asarray(protected_system[d]["pair_scores"]), labels) for d in wanted},
-            reports / "roc.png", title="Verification ROC per defense"),
-        "Training curves": training_curves({"baseline": baseline_fr_model["history"],
-                                            "evaluation": evaluation_fr_model["history"]},
-                                           reports / "training.png"),
-        "Privacy-utility trade-off": tradeoff_plot({d: m["scores"] for d, m in metrics["defenses"].items()},
-                                                   reports / "tradeoff.png"),
-    }
-    if any(defense_sweep.get(d, {}).get("points") for d in wanted):
-        figures["Sweeps: utility against the privacy measure each defense targets"] = sweep_plot(
-            {d: defense_sweep[d] for d in wanted if d in defense_sweep}, reports / "sweeps.png")
-    for d in wanted:   # pictures a defense drew while building (e.g. FaceMAE's masked/reconstructed grid)
-        for label, path in protected_system[d].get("artifacts", {}).items():
-            figures[f"{d}: {label}"] = path
-    for d in wanted:   # reconstruction grids (public identities only) and attack ROCs
-        for attack, files in attack_results[d].get("artifacts", {}).items():
-            for label, path in files.items():
-                figures[f"{d}: {attack} ({label})"] = path
+    figures = report_figures(
+        metrics, reports, labels=dataset_splits["pairs"]["label"].to_numpy(),
+        pair_scores={d: np.asarray(protected_system[d]["pair_scores"]) for d in wanted},
+        histories={"baseline": baseline_fr_model["history"], "evaluation": evaluation_fr_model["history"]},
+        sweeps={d: defense_sweep[d] for d in wanted if d in defense_sweep},
+        attack_artifacts={d: attack_results[d].get("artifacts", {}) for d in wanted},
+        defense_artifacts={d: protected_system[d].get("artifacts", {}) for d in wanted})
     strength = {d: attack_results[d].get("strength", {}) for d in wanted}
     metrics_path = write_json(metrics, reports / "metrics.json")
     html_path = render_report(metrics, figures, reports / "report.html", profile=params["profile"],
@@ -71,7 +56,7 @@ def privacy_utility_report(context: dg.AssetExecutionContext, settings: Privface
         for name, d in metrics["defenses"].items():
             mlflow.log_metrics({f"{name}.{block}.{k}": v for block in ("utility", "scores")
                                 for k, v in d[block].items()})
-        for path in [metrics_path, html_path, *figures.values()]:
+        for path in [metrics_path, html_path, *(p for section in figures.values() for p in section.values())]:
             mlflow.log_artifact(str(path), artifact_path="report")
     context.add_output_metadata({
         "metrics_json": str(metrics_path),
@@ -89,31 +74,3 @@ def _markdown(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r[c]) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
-
-
-@dg.asset(group_name="report", kinds={"mlflow"},
-          description="Promotion: each defense's registered version becomes `champion` only when it "
-                      "passes the gate in params.yaml; otherwise it is tagged `challenger` with the reason.")
-def registered_model(context: dg.AssetExecutionContext, settings: PrivfaceSettings,
-                     mlflow_tracking: MLflowResource, privacy_utility_report: dict) -> dict:
-    params = settings.params()
-    gates = params["gates"]
-    client = mlflow_tracking.client()
-    decisions = {}
-    for name, d in privacy_utility_report["defenses"].items():
-        registered = f"{params['mlflow']['registered_model_prefix']}-{name}"
-        version = d["mlflow"]["model_version"]
-        accuracy = d["utility"]["verification_accuracy"]
-        passed = accuracy >= gates["utility_floor"]
-        reason = (f"verification accuracy {accuracy:.4f} {'>=' if passed else '<'} "
-                  f"utility floor {gates['utility_floor']}")
-        alias = "champion" if passed else "challenger"
-        client.set_registered_model_alias(registered, alias, version)
-        client.set_model_version_tag(registered, version, "gate", "passed" if passed else "failed")
-        client.set_model_version_tag(registered, version, "gate_reason", reason)
-        client.set_model_version_tag(registered, version, "verification_accuracy", f"{accuracy:.4f}")
-        decisions[name] = {"registered_model": registered, "version": version, "alias": alias,
-                           "passed": passed, "reason": reason,
-                           "champion_version": mlflow_tracking.alias_version(registered, "champion")}
-    context.add_output_metadata({"decisions": dg.MetadataValue.json(decisions)})
-    return decisions

@@ -1,13 +1,16 @@
 """The privacy-utility sweep of one defense partition: one system per value of the
 defense's privacy knob (params `sweeps.<defense>`), each measured for utility and by the
-attacks that target what the defense protects. Partitions without a sweep return an empty
-record at once."""
+attacks that target what the defense protects. `sweeps.<defense>.params` is merged over the
+defense's own block for the sweep points only (e.g. shorter training, to fit the demo's
+time budget); it is logged and reported with the points. Partitions without a sweep return
+an empty record at once."""
 
 
 import dagster as dg
 import mlflow
 
 from components.attacks import ATTACKS, AttackContext, NotApplicable
+from components.config import deep_merge
 from components.data.ingest import FaceDataset
 from components.data.views import split_attributes, split_view
 from components.defenses import DefenseContext, get_defense, sweep_systems
@@ -36,8 +39,9 @@ def defense_sweep(context: dg.AssetExecutionContext, settings: PrivfaceSettings,
     train_x, train_y, _ = split_view(face_dataset.images, manifest, "train")
     public_x, public_y, _ = split_view(face_dataset.images, manifest, "public")
     device = compute.device()
+    defense_params = deep_merge(params.get(name, {}), sweep.get("params", {}))
     ckpt = settings.workdir() / "checkpoints" / "sweeps" / name / _fingerprint(
-        face_dataset.version, baseline_fr_model["spec"], params.get(name, {}))
+        face_dataset.version, baseline_fr_model["spec"], defense_params)
     evaluation = from_bundle(evaluation_fr_model)
     attack_names = list(sweep.get("attacks", []))
     unknown = [a for a in attack_names if a not in ATTACKS]
@@ -46,8 +50,8 @@ def defense_sweep(context: dg.AssetExecutionContext, settings: PrivfaceSettings,
     points = []
     with mlflow_tracking.run(context, "defense_sweep", tags={"defense": name}):
         log_params({"knob": knob, "values": values, "attacks": attack_names,
-                    "attack_params": sweep.get("attack_params", {})})
-        ctx = DefenseContext(params=params.get(name, {}), train_images=train_x, train_labels=train_y,
+                    "attack_params": sweep.get("attack_params", {}), "params": sweep.get("params", {})})
+        ctx = DefenseContext(params=defense_params, train_images=train_x, train_labels=train_y,
                              public_images=public_x, public_labels=public_y,
                              baseline=from_bundle(baseline_fr_model),
                              train_attributes=split_attributes(manifest, "train"),
@@ -86,4 +90,4 @@ def defense_sweep(context: dg.AssetExecutionContext, settings: PrivfaceSettings,
                              f"attacks {attacks}")
     context.add_output_metadata({"points": len(points), "knob": knob,
                                  "sweep": dg.MetadataValue.json(points)})
-    return {"knob": knob, "points": points, "attacks": attack_names}
+    return {"knob": knob, "points": points, "attacks": attack_names, "params": sweep.get("params", {})}

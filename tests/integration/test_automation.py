@@ -16,12 +16,23 @@ from pipelines.resources import PrivfaceSettings, dvc_data_md5
 def test_schedule_is_weekly_stopped_and_requests_each_defense_of_the_run_list():
     assert weekly_retraining.default_status == dg.DefaultScheduleStatus.STOPPED
     assert weekly_retraining.cron_schedule == "0 3 * * 1"
-    settings = PrivfaceSettings(profile="demo", defenses="baseline")
+    settings = PrivfaceSettings(profile="demo", defenses="baseline,advface")
     ctx = dg.build_schedule_context(scheduled_execution_time=dt.datetime(2026, 11, 23, 3, 0),
                                     resources={"settings": settings}, repository_def=defs.get_repository_def())
     requests = list(weekly_retraining.evaluate_tick(ctx).run_requests)
-    assert [r.partition_key for r in requests] == ["baseline"]
-    assert requests[0].run_config["ops"]["baseline_fr_model"]["config"]["force_retrain"] is True
+    assert [r.partition_key for r in requests] == ["baseline", "advface"]
+    assert [r.run_key for r in requests] == ["weekly-2026-11-23-baseline", "weekly-2026-11-23-advface"]
+    job = defs.resolve_job_def(weekly_retraining.job_name)
+    for r in requests:
+        assert r.tags["privface/trigger"] == "schedule"
+        assert r.run_config["ops"]["baseline_fr_model"]["config"]["force_retrain"] is True
+        # the forced retraining config is one the job accepts (Dagster validates it as the daemon would)
+        assert dg.validate_run_config(job, r.run_config)["ops"]["evaluation_fr_model"]["config"]["force_retrain"]
+    # the next week's tick asks again, under new run keys (the daemon dedupes by run key)
+    later = weekly_retraining.evaluate_tick(dg.build_schedule_context(
+        scheduled_execution_time=dt.datetime(2026, 11, 30, 3, 0), resources={"settings": settings},
+        repository_def=defs.get_repository_def()))
+    assert {r.run_key for r in later.run_requests}.isdisjoint(r.run_key for r in requests)
 
 
 def test_sensor_requests_one_run_per_new_md5_and_none_when_unchanged():
@@ -49,9 +60,13 @@ def test_sensor_requests_one_run_per_new_md5_and_none_when_unchanged():
 def test_definitions_hold_the_graph_jobs_schedule_and_sensor():
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
     assert keys == {"face_dataset", "dataset_splits", "baseline_fr_model", "evaluation_fr_model",
-                    "protected_system", "defense_sweep", "attack_results", "privacy_utility_report", "registered_model"}
+                    "protected_system", "defense_sweep", "attack_results", "privacy_utility_report", "promotion_candidates",
+                    "registered_model"}
     assert {j for j in ("full_pipeline", "prepare", "defend_and_attack", "report")} <= \
         {j.name for j in defs.resolve_all_job_defs()}
+    gate = dg.AssetCheckKey(dg.AssetKey("promotion_candidates"), "promotion_gate")
+    assert defs.resolve_asset_graph().get_check_spec(gate).blocking          # stops registered_model when it fails
+    assert gate in defs.resolve_job_def("report").asset_layer.asset_graph.asset_check_keys
     part = defs.resolve_assets_def("protected_system").partitions_def
     assert set(part.get_partition_keys()) == {"baseline", "dctdp", "ppfrfd", "hybrid", "facemae", "advface", "dvpf"}
     for training_asset in ("baseline_fr_model", "evaluation_fr_model", "protected_system", "defense_sweep", "attack_results"):

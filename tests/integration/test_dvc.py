@@ -84,3 +84,61 @@ def test_dvc_metrics_show_and_diff_read_the_report(tmp_path):
     diff = json.loads(sh("dvc", "metrics", "diff", "--json", cwd=repo))
     entry = diff["reports/metrics.json"]["defenses.baseline.utility.verification_accuracy"]
     assert entry["old"] == pytest.approx(0.91) and entry["new"] == pytest.approx(0.87)
+
+
+# What the report needs, without the promotion stage (a worse second model is rightly not
+# promoted, which is not what this test is about).
+REPORT_ASSETS = ("face_dataset", "dataset_splits", "baseline_fr_model", "evaluation_fr_model", "protected_system",
+                 "attack_results", "defense_sweep", "privacy_utility_report")
+# Shorter attacks than the ci profile's, in both runs, to keep two whole runs near a minute each.
+QUICK_ATTACKS = {"template_inversion": {"epochs": 1}, "representation_recovery": {"epochs": 1},
+                 "model_inversion": {"steps": 10}}
+
+
+def _report_run(tmp_path, ci_data, mlflow_uri, reports: Path, epochs: int) -> dict:
+    """One real ci-profile Dagster run up to the report, the baseline trained for `epochs`."""
+    import dagster as dg
+
+    from pipelines.definitions import build_definitions
+
+    overrides = {"baseline": {"train": {"epochs": epochs}}, "attacks": QUICK_ATTACKS}
+    defs = build_definitions(profile="ci", data_dir=str(ci_data), workdir=str(tmp_path / "work"),
+                             reports_dir=str(reports), mlflow_uri=mlflow_uri, progress=False,
+                             overrides=json.dumps(overrides))
+    result = defs.resolve_job_def("full_pipeline").execute_in_process(
+        instance=dg.DagsterInstance.get(), partition_key="baseline", raise_on_error=False,
+        asset_selection=[dg.AssetKey(k) for k in REPORT_ASSETS])
+    assert result.success, [e.event_specific_data.error.to_string() for e in result.all_events
+                            if e.event_type_value == "STEP_FAILURE"]
+    return json.loads((reports / "metrics.json").read_text())
+
+
+def _leaves(obj, prefix="") -> dict:
+    """The values of a JSON document by dotted path, as DVC names metrics."""
+    if isinstance(obj, dict):
+        return {k: v for key, value in obj.items() for k, v in _leaves(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: obj}
+
+
+def test_dvc_metrics_diff_shows_what_two_runs_with_different_params_changed(tmp_path, ci_data, dagster_home,
+                                                                            mlflow_uri):
+    repo = new_repo(tmp_path / "repo")
+    shutil.copy(ROOT / "dvc.yaml", repo / "dvc.yaml")
+    metrics_file = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["pipeline"]["metrics"][0]
+    declared = next(iter(metrics_file))             # the path dvc.yaml declares, relative to the repo root
+    reports = repo / Path(declared).parent
+    first = _report_run(tmp_path, ci_data, mlflow_uri, reports, epochs=2)
+    sh("git", "add", "-A", cwd=repo)
+    sh("git", "commit", "-qm", "report of the 2-epoch baseline", cwd=repo)
+    second = _report_run(tmp_path, ci_data, mlflow_uri, reports, epochs=4)
+
+    old, new = _leaves(first), _leaves(second)
+    changed = {k for k in old.keys() | new.keys() if old.get(k) != new.get(k)}
+    assert any(k.startswith("defenses.baseline.utility.") for k in changed), "retraining changed no utility figure"
+    diff = json.loads(sh("dvc", "metrics", "diff", "--json", cwd=repo))[declared]
+    assert set(diff) == changed                     # every changed figure (and MLflow id), and only those
+    for key, entry in diff.items():
+        assert (entry["old"], entry["new"]) == (pytest.approx(old[key]), pytest.approx(new[key])), key
+        if isinstance(old[key], float):
+            assert entry["diff"] == pytest.approx(new[key] - old[key]), key
+    assert diff["defenses.baseline.mlflow.model_version"] == {"old": "1", "new": "2"}   # a new registered version

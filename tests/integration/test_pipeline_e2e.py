@@ -44,7 +44,7 @@ def test_whole_graph_writes_contract_metrics_tracks_and_registers(pipeline, mlfl
     # every blocking check ran and passed
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     for name in ("manifest_schema", "data_quality", "splits_disjoint", "baseline_model_sane",
-                 "evaluation_model_sane"):
+                 "evaluation_model_sane", "promotion_gate"):
         assert checks.get(name) is True, (name, checks)
 
     metrics = json.loads((tmp / "reports" / "metrics.json").read_text())
@@ -86,6 +86,9 @@ def test_whole_graph_writes_contract_metrics_tracks_and_registers(pipeline, mlfl
     champion = client.get_model_version_by_alias("privface-baseline", "champion")
     assert str(champion.version) == base["mlflow"]["model_version"]
     assert champion.tags["gate"] == "passed"
+    # the gate's numbers come from metrics.json and stay on the version for the next run to beat
+    assert float(champion.tags["overall"]) == pytest.approx(base["scores"]["overall"], abs=1e-6)
+    assert float(champion.tags["privacy"]) == pytest.approx(base["scores"]["privacy"], abs=1e-6)
 
     # the registered model serves templates: unit-norm, same as the pipeline's system
     model = mlflow.pyfunc.load_model("models:/privface-baseline@champion")

@@ -1,13 +1,17 @@
 """Scores and metrics.json follow DESIGN.md section 5; nothing unmeasured is reported."""
 
 import json
+import re
 
+import numpy as np
 import pytest
 
-from components.reporting.figures import pareto_front, tradeoff_plot
+from components.reporting.figures import (TradeoffPoint, attack_matrix, attack_matrix_figure, attack_matrix_plot,
+                                          cell_text, pareto_front, report_figures, ssim_matrix, tradeoff_plot,
+                                          tradeoff_points)
 from components.reporting.html import render_report
 from components.reporting.metrics_file import build_metrics, write_json
-from components.reporting.scores import compute_scores
+from components.reporting.scores import attack_successes, compute_scores
 
 UTIL = {"verification_accuracy": 0.9, "verification_std": 0.01, "tar_at_far_1e-3": 0.5, "eer": 0.1, "rank1": 0.8}
 
@@ -54,10 +58,10 @@ def test_pareto_front_drops_dominated_points():
 
 
 def test_report_html_inlines_figures_and_escapes(tmp_path):
-    fig = tradeoff_plot({"baseline": {"utility": 1.0}}, tmp_path / "t.png")
+    fig = tradeoff_plot([TradeoffPoint("baseline", "baseline", 1.0, None)], tmp_path / "t.png")
     results = {"baseline": {"params": {"note": "<script>"}, "utility": UTIL, "attacks": {}, "mlflow": {}}}
     m = build_metrics({"name": "<b>x</b>", "version": "v", "identities": 3, "images": 9}, results)
-    html = render_report(m, {"trade-off": fig}, tmp_path / "report.html").read_text()
+    html = render_report(m, {"Figures": {"trade-off": fig}}, tmp_path / "report.html").read_text()
     assert "data:image/png;base64," in html
     assert "<script>" not in html and "&lt;b&gt;x&lt;/b&gt;" in html
 
@@ -89,3 +93,147 @@ def test_sweep_and_measures_go_to_metrics_and_plot(tmp_path):
     path = sweep_plot({"dctdp": m["defenses"]["dctdp"]["sweep"], "baseline": {}}, tmp_path / "s.png")
     with Image.open(path) as img:
         assert img.size[0] > 300                                    # one panel: the swept defense only
+
+
+# ---------------------------------------------------------------- Pareto front, trade-off, attack matrix
+
+def test_pareto_front_keeps_exactly_the_non_dominated_points():
+    # (utility, privacy), both maximised
+    pts = [(0.9, 0.2), (0.8, 0.5), (0.7, 0.4), (0.5, 0.9), (0.5, 0.8), (0.9, 0.1)]
+    # (0.7, 0.4) < (0.8, 0.5) in both; (0.5, 0.8) ties (0.5, 0.9) on utility and loses on privacy;
+    # (0.9, 0.1) ties (0.9, 0.2) on utility and loses on privacy
+    assert pareto_front(pts) == [0, 1, 3]
+    assert pareto_front([]) == []
+    assert pareto_front([(0.3, 0.3)]) == [0]
+
+
+def test_pareto_front_keeps_equal_points_and_trade_offs():
+    assert pareto_front([(0.6, 0.6), (0.6, 0.6), (0.5, 0.5)]) == [0, 1]   # equal points: neither dominates
+    assert pareto_front([(1.0, 0.0), (0.0, 1.0), (0.5, 0.5)]) == [0, 1, 2]   # a trade-off curve: all kept
+    assert pareto_front([(0.5, 0.5), (0.5, 0.5), (0.5, 0.6)]) == [2]         # one better copy dominates both
+
+
+RR = {"ssim": 0.5, "psnr_db": 20.0, "sar_type1": 0.3, "sar_type2": 0.2}
+
+
+def _defenses() -> dict:
+    """metrics.json's defenses block: a baseline with the full battery, a swept defense whose
+    sweep ran representation recovery only, and one that no attack has touched yet."""
+    full = {"template_inversion": {"ssim": 0.7, "psnr_db": 18.0, "sar_type1": 0.5, "sar_type2": 0.4},
+            "representation_recovery": RR,
+            "model_inversion": {"top1": 0.8, "top5": 0.9, "knn_dist": 1.0},
+            "membership_inference": {"auc": 0.75, "tpr_at_fpr_1e-2": 0.1, "advantage": 0.5},
+            "attribute_inference": {"sex": {"balanced_accuracy": 0.8, "chance": 0.5, "leakage_bits": 0.2}}}
+    dctdp_attacks = {"representation_recovery": {**RR, "ssim": 0.3, "sar_type2": 0.05},
+                     "membership_inference": {"auc": 0.55, "tpr_at_fpr_1e-2": 0.0, "advantage": 0.1}}
+    points = [{"value": v, "operating_point": {"eps_mean": v}, "utility": _utility(acc),
+               "attacks": {"representation_recovery": {**RR, "ssim": ssim, "sar_type2": sar}}}
+              for v, acc, ssim, sar in ((1.0, 0.6, 0.1, 0.0), (50.0, 0.85, 0.6, 0.3))]
+    results = {"baseline": {"utility": _utility(0.9), "attacks": full,
+                            "not_applicable": {"retrieval_leakage": "publishes no reconstructions"}},
+               "dctdp": {"utility": _utility(0.8), "attacks": dctdp_attacks,
+                         "not_applicable": {"template_inversion": "no template decoder fits",
+                                            "retrieval_leakage": "publishes no reconstructions"},
+                         "sweep": {"knob": "eps_mean", "points": points}},
+               "ppfrfd": {"utility": _utility(0.7)}}
+    return build_metrics({"name": "x", "version": "v", "identities": 2, "images": 4}, results)["defenses"]
+
+
+def test_sweep_points_are_scored_on_the_attacks_their_sweep_ran():
+    defenses = _defenses()
+    pts = {p.label: p for p in tradeoff_points(defenses)}
+    assert set(pts) == {"baseline", "dctdp", "ppfrfd", "dctdp eps_mean=1", "dctdp eps_mean=50"}
+    for name in ("baseline", "dctdp"):                       # a defense's point is its own scores
+        assert (pts[name].utility, pts[name].privacy) == (defenses[name]["scores"]["utility"],
+                                                          defenses[name]["scores"]["privacy"])
+        assert not pts[name].sweep
+    assert pts["ppfrfd"].privacy is None                     # nothing measured: not invented
+    for label, acc, ssim, sar in (("dctdp eps_mean=1", 0.6, 0.1, 0.0), ("dctdp eps_mean=50", 0.85, 0.6, 0.3)):
+        p = pts[label]
+        assert p.sweep and p.defense == "dctdp" and p.attacks == ("representation_recovery",)
+        assert p.utility == pytest.approx(acc / 0.9)         # relative to the baseline, like the defenses
+        assert p.privacy == pytest.approx(0.4 * (1 - ssim) + 0.6 * (1 - sar))
+
+
+def test_tradeoff_plot_draws_every_scored_point_and_the_front(tmp_path):
+    from PIL import Image
+
+    pts = tradeoff_points(_defenses())
+    path = tradeoff_plot(pts, tmp_path / "tradeoff.png")
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.size[0] > 400
+
+
+def test_attack_matrix_cells_are_the_attack_successes(tmp_path):
+    defenses = _defenses()
+    m = attack_matrix(defenses)
+    assert m.rows == ["baseline", "dctdp", "ppfrfd"]
+    for i, name in enumerate(m.rows):
+        expected = attack_successes(defenses[name]["attacks"])
+        got = {c: m.values[i, j] for j, c in enumerate(m.columns) if not np.isnan(m.values[i, j])}
+        assert got == pytest.approx(expected)
+    # every attack has a column, also the one that applies to no defense
+    assert "retrieval_leakage" in m.columns and "template_inversion.sar_type2" in m.columns
+    j_ti, j_rl = m.columns.index("template_inversion.sar_type2"), m.columns.index("retrieval_leakage")
+    assert cell_text(m, 1, j_ti) == "n/a" and cell_text(m, 0, j_rl) == "n/a"   # does not apply
+    assert cell_text(m, 2, j_ti) == "-"                                        # not run yet
+    assert np.all((m.values[~np.isnan(m.values)] >= 0) & (m.values[~np.isnan(m.values)] <= 1))
+    ssim = ssim_matrix(defenses)
+    assert ssim.columns == ["template_inversion.ssim", "representation_recovery.ssim"]
+    assert ssim.values[0].tolist() == [0.7, 0.5] and cell_text(ssim, 1, 0) == "n/a"
+
+
+def test_attack_matrix_figure_writes_the_values_in_its_cells(tmp_path):
+    from PIL import Image
+
+    defenses = _defenses()
+    fig = attack_matrix_figure(defenses)
+    by_title = {ax.get_title(): ax for ax in fig.axes}
+    success_ax = by_title["Attack success (lower = more private)"]
+    ssim_ax = by_title["Reconstruction SSIM (lower = more private)"]
+    m = attack_matrix(defenses)
+    texts = [t.get_text() for t in success_ax.texts]
+    assert texts == [cell_text(m, i, j) for i in range(len(m.rows)) for j in range(len(m.columns))]
+    shown = [float(t) for t in texts if re.fullmatch(r"\d\.\d\d", t)]
+    assert shown == pytest.approx([v for v in m.values.ravel() if not np.isnan(v)], abs=0.005)
+    assert [t.get_text() for t in ssim_ax.texts][:2] == ["0.70", "0.50"]
+    assert success_ax.images[0].get_clim() == (0.0, 1.0)   # colour is comparable across reports
+    with Image.open(attack_matrix_plot(defenses, tmp_path / "m.png")) as img:
+        assert img.format == "PNG"
+
+
+def test_report_html_holds_tradeoff_matrix_rocs_and_grids_but_no_fake_images(tmp_path):
+    from PIL import Image
+
+    defenses = _defenses()
+    metrics = {"dataset": {"name": "x", "version": "v", "identities": 2, "images": 4}, "defenses": defenses}
+    grid = tmp_path / "attacks" / "rr_grid.png"
+    grid.parent.mkdir()
+    Image.new("RGB", (8, 8)).save(grid)
+    mia_roc = tmp_path / "attacks" / "membership_roc.png"
+    Image.new("RGB", (8, 8)).save(mia_roc)
+    table = tmp_path / "attacks" / "membership_scores.csv"
+    table.write_text("identity,score\n1,0.5\n")
+    rng = np.random.default_rng(0)
+    labels = np.repeat([1, 0], 20)
+    figures = report_figures(
+        metrics, tmp_path / "reports", labels=labels,
+        pair_scores={d: rng.normal(size=40) + labels for d in defenses},
+        histories={"baseline": [{"epoch": 1, "loss": 2.0, "train_acc": 0.2}]},
+        sweeps={"dctdp": defenses["dctdp"]["sweep"]},
+        attack_artifacts={"baseline": {"representation_recovery": {"grid": str(grid)},
+                                       "membership_inference": {"membership_roc": str(mia_roc),
+                                                                "membership_scores": str(table)}}},
+        defense_artifacts={})
+    assert list(figures["ROC curves"]) == ["Verification ROC on the test pairs, per defense (FAR on a log axis)",
+                                           "baseline: membership_inference (membership_roc)"]
+    html = render_report(metrics, figures, tmp_path / "reports" / "report.html").read_text()
+    captions = [c for section in figures.values() for c, p in section.items() if p.suffix == ".png"]
+    assert len(captions) == 7   # trade-off, matrix, 2 ROCs, grid, training, sweeps
+    for caption in captions:
+        assert f'alt="{caption}"' in html
+    assert html.count("<img") == 7 and html.count("data:image/png;base64,") == 7
+    assert "<h2>Defense pictures</h2>" not in html          # empty sections are left out
+    assert f"<code>{table}</code>" in html                  # the CSV is listed, not inlined as an image
+    assert "sweep points are scored only on the attacks their sweep ran" in html
+    assert "no template decoder fits" in html               # the reason behind an n/a cell
