@@ -46,18 +46,19 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: str | Path) -> Iterator[None]:
-    """An inter-process lock on `folder` (a `.<name>.lock` file beside it): held while the
-    folder is swapped or read, so a reader never sees it half-replaced."""
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(folder.with_name(f".{folder.name}.lock")):
+def path_lock(path: str | Path) -> Iterator[None]:
+    """An inter-process lock on a file or folder (a `.<name>.lock` file beside it): held
+    while a folder is swapped or read, so a reader never sees it half-replaced, or while a
+    store file is created or written by one process at a time."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path.with_name(f".{path.name}.lock")):
         yield
 
 
 def atomic_write_dir(folder: str | Path, write: Callable[[Path], object]) -> Path:
     """Call `write(tmp)` on an empty temp folder beside `folder`, then swap it in for
-    `folder` under `folder_lock`. The slow part (writing) runs unlocked; a failed write
+    `folder` under `path_lock`. The slow part (writing) runs unlocked; a failed write
     leaves the previous folder as it was."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -65,7 +66,7 @@ def atomic_write_dir(folder: str | Path, write: Callable[[Path], object]) -> Pat
     old = None
     try:
         write(tmp)
-        with folder_lock(folder):
+        with path_lock(folder):
             if folder.exists():
                 old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old-"))
                 os.replace(folder, old / folder.name)

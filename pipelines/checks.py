@@ -5,7 +5,7 @@ disjointness), model sanity (finite weights, embeddings not collapsed) and the p
 import dagster as dg
 import torch
 
-from components.atomic import folder_lock
+from components.atomic import path_lock
 from components.data.errors import DataError
 from components.data.ingest import FaceDataset
 from components.data.quality import run_quality_suite
@@ -33,7 +33,7 @@ def data_quality(settings: PrivfaceSettings, face_dataset: FaceDataset) -> dg.As
     params = settings.params()
     data = params["data"]
     docs = settings.reports_dir() / "gx"
-    with folder_lock(docs):   # one GX project per reports dir: two runs writing it at once clash
+    with path_lock(docs):   # one GX project per reports dir: two runs writing it at once clash
         report = run_quality_suite(face_dataset.manifest, image_size=data["image_size"],
                                    min_identities=data["min_identities"],
                                    attribute_values=data.get("attribute_values"), docs_dir=docs)

@@ -21,7 +21,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from components.atomic import atomic_write_dir, folder_lock
+from components.atomic import atomic_write_dir, path_lock
 
 BUNDLE_KINDS = ("fr_model", "protected_system")
 
@@ -82,7 +82,7 @@ def store(obj, folder: Path) -> None:
 
 
 def fetch(folder: Path):
-    with folder_lock(folder):
+    with path_lock(folder):
         if not (folder / "kind").is_file():
             raise FileNotFoundError(f"{folder}: nothing stored here (materialize the upstream asset first)")
         return _read((folder / "kind").read_text().strip(), folder)

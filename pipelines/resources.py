@@ -100,10 +100,10 @@ def _store_lock(uri: str):
     processes opening a fresh store at once (two runs, or two steps of one multiprocess
     run) fail with "index ... already exists" or "database is locked"; registering the
     same content twice at once would also make two versions."""
-    from filelock import FileLock
+    from components.atomic import path_lock
 
     path = _sqlite_path(uri)
-    return FileLock(f"{path}.lock") if path is not None else contextlib.nullcontext()
+    return path_lock(path) if path is not None else contextlib.nullcontext()
 
 
 def _use_wal(uri: str) -> None:

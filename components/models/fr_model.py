@@ -79,11 +79,12 @@ def from_bundle(bundle: dict) -> FRModel:
     return model
 
 
-def train_fr_model(images: np.ndarray, labels: np.ndarray, spec: dict, train: dict,
-                   device: torch.device | str = "cpu", checkpoint_dir: str | Path | None = None,
-                   on_epoch_end: Callable[[int, dict], None] | None = None,
-                   progress: bool = True) -> FRModel:
-    """Train a fresh model of `spec` on (images, labels) with the shared training loop."""
+def train_fr_model_and_result(images: np.ndarray, labels: np.ndarray, spec: dict, train: dict,
+                              device: torch.device | str = "cpu", checkpoint_dir: str | Path | None = None,
+                              on_epoch_end: Callable[[int, dict], None] | None = None,
+                              progress: bool = True):
+    """`train_fr_model`, also returning the loop's TrainResult (resumed_from, samples_seen),
+    which the torchrun worker reports."""
     from components.training.loop import TrainConfig, train_classifier
 
     cfg = TrainConfig(**{**train, "progress": progress})
@@ -95,4 +96,13 @@ def train_fr_model(images: np.ndarray, labels: np.ndarray, spec: dict, train: di
     model.backbone.to("cpu").eval()
     model.head.to("cpu").eval()
     model.history = result.history
-    return model
+    return model, result
+
+
+def train_fr_model(images: np.ndarray, labels: np.ndarray, spec: dict, train: dict,
+                   device: torch.device | str = "cpu", checkpoint_dir: str | Path | None = None,
+                   on_epoch_end: Callable[[int, dict], None] | None = None,
+                   progress: bool = True) -> FRModel:
+    """Train a fresh model of `spec` on (images, labels) with the shared training loop."""
+    return train_fr_model_and_result(images, labels, spec, train, device=device, checkpoint_dir=checkpoint_dir,
+                                     on_epoch_end=on_epoch_end, progress=progress)[0]

@@ -32,9 +32,8 @@ import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
 from components.atomic import atomic_write, atomic_write_text
-from components.models.fr_model import FRModel, build_fr_model, from_bundle, to_bundle
+from components.models.fr_model import FRModel, from_bundle, to_bundle, train_fr_model_and_result
 from components.training.distributed import init_process_group, run_streaming, torchrun_command, worker_env
-from components.training.loop import TrainConfig, train_classifier
 
 EVENT = "@privface-epoch "  # prefix of the per-epoch JSON lines rank 0 prints
 
@@ -60,15 +59,9 @@ def main(argv: list[str] | None = None) -> int:
         def emit(epoch: int, metrics: dict) -> None:
             print(EVENT + json.dumps({**metrics, "epoch": epoch}), flush=True)
 
-        # as fr_model.train_fr_model, keeping the TrainResult for the report
-        cfg = TrainConfig(**{**job["train"], "progress": bool(job.get("progress", False)) and rank == 0})
-        torch.manual_seed(cfg.seed)
-        model = build_fr_model(job["spec"])
-        result = train_classifier(model.backbone, model.head, images, torch.as_tensor(labels), cfg, device=device,
-                                  checkpoint_dir=args.checkpoint_dir, on_epoch_end=emit)
-        model.backbone.to("cpu").eval()
-        model.head.to("cpu").eval()
-        model.history = result.history
+        model, result = train_fr_model_and_result(images, labels, job["spec"], job["train"], device=device,
+                                                  checkpoint_dir=args.checkpoint_dir, on_epoch_end=emit,
+                                                  progress=bool(job.get("progress", False)) and rank == 0)
         samples = [None] * world
         dist.all_gather_object(samples, result.samples_seen)
         if rank == 0:
