@@ -123,3 +123,15 @@ def make_face_folder():
 
 
 from tests.world import World, world  # noqa: E402,F401  (session fixture shared by attack and defense tests)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Attack and defense tests on one torch thread: on two cores shared with other jobs,
+    two OpenMP threads were measured 10-100x slower than one."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)

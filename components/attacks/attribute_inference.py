@@ -50,10 +50,12 @@ no images of the victims and no model weights.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import numpy as np
 import pandas as pd
+from joblib import Parallel, delayed
 from scipy.optimize import minimize_scalar
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import balanced_accuracy_score
@@ -81,6 +83,7 @@ DEFAULTS: dict = {
     "max_images_per_identity": 0,    # 0 = all; else a seeded subset per identity (cost knob)
     "flip": True,                    # flip-average templates
     "batch_size": 256,
+    "n_jobs": 0,                     # worker processes for the folds (0 = one per CPU core); same result
 }
 
 _P_FLOOR = 1e-6   # probabilities are floored here (then renormalised): cross-entropy stays finite
@@ -150,38 +153,51 @@ def _n_folds(groups_per_class: np.ndarray, wanted: int) -> int:
     return int(max(2, min(wanted, groups_per_class.min())))
 
 
+def _fold(z: np.ndarray, y: np.ndarray, groups: np.ndarray, tr: np.ndarray, te: np.ndarray, k: int,
+          p: dict, seed: int, i: int) -> tuple[np.ndarray, float, int]:
+    """One outer fold: (held-out probabilities of rows `te`, temperature, train identities).
+    Top level and self-contained, so that folds can run in separate worker processes."""
+    with warnings.catch_warnings(), threadpool_limits(limits=1):
+        warnings.simplefilter("ignore", UserWarning)   # "least populated class" notices of small strata
+        t = 1.0
+        if p["calibrate"]:
+            inner_groups = groups[tr]
+            inner_gpc = np.bincount(pd.Series(y[tr]).groupby(inner_groups).first().to_numpy(), minlength=k)
+            if (inner_gpc[inner_gpc > 0] >= 2).all():
+                inner = StratifiedGroupKFold(n_splits=_n_folds(inner_gpc[inner_gpc > 0], 4),
+                                             shuffle=True, random_state=seed + 1000 + i)
+                itr, iva = next(inner.split(z[tr], y[tr], inner_groups))
+                clf = _fit(z[tr][itr], y[tr][itr], p, seed)
+                t = _fit_temperature(_log_proba(clf, z[tr][iva], k), y[tr][iva])
+        clf = _fit(z[tr], y[tr], p, seed)
+        return _softmax(_log_proba(clf, z[te], k) / t), t, len(np.unique(groups[tr]))
+
+
 def probe_attribute(z: np.ndarray, labels, groups: np.ndarray, p: dict, seed: int = 0) -> tuple[dict, dict]:
     """Identity-disjoint cross-fitted probe of one attribute. Returns (measures, details).
 
-    z: (N, D) templates; labels: (N,) attribute values; groups: (N,) identity of each row."""
+    z: (N, D) templates; labels: (N,) attribute values; groups: (N,) identity of each row.
+    The folds are independent seeded fits: with `n_jobs` > 1 they run in that many worker
+    processes (joblib), with the same result as one after the other."""
     p = {**DEFAULTS, **p}
     classes, y = np.unique(np.asarray(labels), return_inverse=True)
     k = len(classes)
     id_class = pd.Series(y).groupby(np.asarray(groups)).first()
     groups_per_class = np.bincount(id_class.to_numpy(), minlength=k)
     folds = _n_folds(groups_per_class, int(p["folds"]))
-    proba = np.zeros((len(y), k))
-    temps, n_train = [], []
     outer = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    with warnings.catch_warnings(), threadpool_limits(limits=1):
-        # one BLAS thread: tiny matrices, and oversubscribed BLAS threads on a busy CPU make
-        # sklearn's MLP 10-100x slower
-        warnings.simplefilter("ignore", UserWarning)   # "least populated class" notices of small strata
-        for i, (tr, te) in enumerate(outer.split(z, y, groups)):
-            t = 1.0
-            if p["calibrate"]:
-                inner_groups = groups[tr]
-                inner_gpc = np.bincount(pd.Series(y[tr]).groupby(inner_groups).first().to_numpy(), minlength=k)
-                if (inner_gpc[inner_gpc > 0] >= 2).all():
-                    inner = StratifiedGroupKFold(n_splits=_n_folds(inner_gpc[inner_gpc > 0], 4),
-                                                 shuffle=True, random_state=seed + 1000 + i)
-                    itr, iva = next(inner.split(z[tr], y[tr], inner_groups))
-                    clf = _fit(z[tr][itr], y[tr][itr], p, seed)
-                    t = _fit_temperature(_log_proba(clf, z[tr][iva], k), y[tr][iva])
-            clf = _fit(z[tr], y[tr], p, seed)
-            proba[te] = _softmax(_log_proba(clf, z[te], k) / t)
-            temps.append(t)
-            n_train.append(len(np.unique(groups[tr])))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        splits = list(outer.split(z, y, groups))
+    n_jobs = int(p["n_jobs"]) or (os.cpu_count() or 1)
+    n_jobs = max(1, min(n_jobs, folds))
+    results = Parallel(n_jobs=n_jobs)(delayed(_fold)(z, y, groups, tr, te, k, p, seed, i)
+                                      for i, (tr, te) in enumerate(splits))
+    proba = np.zeros((len(y), k))
+    for (_, te), (fold_proba, _, _) in zip(splits, results):
+        proba[te] = fold_proba
+    temps = [t for _, t, _ in results]
+    n_train = [n for _, _, n in results]
     measures = leakage_measures(y, proba)
     details = {"folds": folds, "train_identities_per_fold": float(np.mean(n_train)),
                "temperatures": [round(v, 4) for v in temps], "classes": [str(c) for c in classes],

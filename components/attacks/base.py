@@ -37,6 +37,7 @@ class AttackContext:
     seed: int = 0
     progress: bool = True
     extra: dict = field(default_factory=dict)
+    shared: object | None = None  # components.attacks.sharing.SharedWork: attacker work shared between systems
 
 
 @dataclass

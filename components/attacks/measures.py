@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -400,6 +400,23 @@ def fit_reconstructor(net: nn.Module, train_x: torch.Tensor, batch_loss, cfg, ge
             print(f"[{label}] epoch {epoch + 1}/{cfg.epochs} loss {history[-1]:.4f}")
     net.eval()
     return history
+
+
+def fit_or_share(ctx, what: str, cfg, surface, system: nn.Module, net: nn.Module, train_x: torch.Tensor,
+                 batch_loss, gen: torch.Generator, device, extras=lambda: {}) -> tuple[list[float], dict, str | None]:
+    """`fit_reconstructor` on `net`, or the same network trained earlier against a system
+    whose `surface` is the same function (components.attacks.sharing). Returns (the loss
+    history, the extras `extras()` gave after training, the defense it was trained for when
+    reused, else None)."""
+    from components.attacks.sharing import trained_or_shared
+
+    def train() -> dict:
+        history = fit_reconstructor(net, train_x, batch_loss, cfg, gen, device,
+                                    label=f"{what.split('/')[0]}:{ctx.defense}", progress=ctx.progress)
+        return {"history": history, **extras()}
+
+    out, source = trained_or_shared(ctx, what, asdict(cfg), surface, system, net, train, device)
+    return out["history"], out, source
 
 
 @dataclass

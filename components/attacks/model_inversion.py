@@ -42,6 +42,11 @@ targeted identity. Chance top-1 is 1/K for K training identities.
 
 Private faces are never written: the optional grid of inversions (``save_grid``) is off
 by default and, when on, holds only the synthesised images.
+
+Shared work. The inversions depend on the classifier surface (`logits`, with the BN
+statistics inside it) only; with `ctx.shared` (components.attacks.sharing) they are
+computed once for systems whose classifier is the same function (the baseline and
+AdvFace) and judged afresh; the reuse is recorded in the strength (`shared_from`).
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from components.attacks.base import AttackContext, AttackResult, NotApplicable
+from components.attacks.sharing import computed_or_shared
 from components.data.views import split_view
 from components.defenses.base import ProtectedSystem
 from components.metrics.embeddings import to_model_tensor
@@ -279,16 +285,25 @@ class ModelInversion:
             init = to_model_tensor(public_x).mean(dim=0, keepdim=True)
 
         labels = torch.as_tensor(np.repeat(targets, restarts), dtype=torch.long)
-        chunks_x, chunks_s = [], []
         bs = max(1, int(p["batch_size"]))
-        for i, j in enumerate(range(0, labels.shape[0], bs)):
-            xi, si = invert(system, labels[j:j + bs], shape, steps=int(p["steps"]), lr=float(p["lr"]),
-                            scale=float(p["scale"]), tv=float(p["tv"]), l2=float(p["l2"]), bn=float(p["bn"]),
-                            jitter=int(p["jitter"]), flip=bool(p["flip"]), init=init,
-                            seed=int(ctx.seed) * 1000 + i, device=device)
-            chunks_x.append(xi)
-            chunks_s.append(si)
-        inversions, scores = torch.cat(chunks_x), torch.cat(chunks_s)
+
+        def compute() -> dict:
+            chunks_x, chunks_s = [], []
+            for i, j in enumerate(range(0, labels.shape[0], bs)):
+                xi, si = invert(system, labels[j:j + bs], shape, steps=int(p["steps"]), lr=float(p["lr"]),
+                                scale=float(p["scale"]), tv=float(p["tv"]), l2=float(p["l2"]), bn=float(p["bn"]),
+                                jitter=int(p["jitter"]), flip=bool(p["flip"]), init=init,
+                                seed=int(ctx.seed) * 1000 + i, device=device)
+                chunks_x.append(xi)
+                chunks_s.append(si)
+            return {"inversions": torch.cat(chunks_x), "scores": torch.cat(chunks_s)}
+
+        # the inversions depend on the classifier surface only (logits, BN statistics inside
+        # it): computed once for systems that share it (components.attacks.sharing)
+        inverted, shared_from = computed_or_shared(ctx, "model_inversion/inversions",
+                                                   {**p, "targets": targets.tolist()}, system.logits, system,
+                                                   compute, device)
+        inversions, scores = inverted["inversions"], inverted["scores"]
         if restarts > 1:   # the attacker's own choice: best restart by the attacked model
             best = scores.view(-1, restarts).argmax(dim=1)
             inversions = inversions.view(len(targets), restarts, *shape)[torch.arange(len(targets)), best]
@@ -312,6 +327,8 @@ class ModelInversion:
             "init": str(p["init"]),
             "scale": float(p["scale"]),
         }
+        if shared_from is not None:
+            strength["shared_from"] = shared_from
         return AttackResult(measures=measures, strength=strength, artifacts=artifacts)
 
 

@@ -31,6 +31,11 @@ each time, as it would for real clients. ~10% of the public images are held out 
 training and drawn, with their recoveries, in the grid artifact; private faces are only
 targets. Measures: SSIM/PSNR of the recovered test images against their sources, and SAR
 type 1/2 judged by the independent evaluation model at FMR = 1e-3 (measures.py).
+
+Shared work. The trained U-Net depends on the system's `protect` surface only; with
+`ctx.shared` (components.attacks.sharing) it is trained once for all systems whose `protect`
+is the same function (e.g. the baseline and AdvFace) and the reuse is recorded in the
+strength (`shared_from`); the measures are always taken on each system's own outputs.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from components.attacks.base import AttackContext, AttackResult, NotApplicable
-from components.attacks.measures import (batched, config_from, effective_batch, fit_reconstructor,
+from components.attacks.measures import (batched, config_from, effective_batch, fit_or_share,
                                          frozen, reconstruction_data, reconstruction_result)
 from components.defenses.base import ProtectedSystem
 
@@ -156,8 +161,10 @@ class RepresentationRecovery:
                 queries += xb.shape[0]
                 return F.l1_loss(net(rep), xb)
 
-            history = fit_reconstructor(net, train_x, batch_loss, cfg, gen, device,
-                                        label=f"representation_recovery:{ctx.defense}", progress=ctx.progress)
+            history, extras, shared_from = fit_or_share(ctx, "representation_recovery/unet", cfg, system.protect,
+                                                        system, net, train_x, batch_loss, gen, device,
+                                                        extras=lambda: {"queries": queries})
+            queries = extras["queries"]
             intercepted = batched(system.protect, targets.images, 64, device)   # what the clients sent
             recons = batched(net, intercepted, 64, device)
             grid_recons = batched(lambda x: net(system.protect(x)), hold_x, 64, device) if len(hold_x) else None
@@ -179,6 +186,8 @@ class RepresentationRecovery:
             "seconds": round(time.perf_counter() - start, 2),
             "final_loss": float(history[-1]) if history else float("nan"),
         }
+        if shared_from is not None:   # the same U-Net, trained once against an identical protect
+            strength["shared_from"] = shared_from
         return AttackResult(measures=measures, strength=strength, artifacts=artifacts)
 
 

@@ -33,6 +33,11 @@ public images are held out of training and drawn, with their reconstructions, in
 grid artifact; private faces are only targets and never drawn. Measures: SSIM/PSNR of the
 decoded stored templates against their sources, and SAR type 1/2 judged by the
 independent evaluation model at FMR = 1e-3 on the clean test pairs (measures.py).
+
+Shared work. The trained decoder depends on the system's `probe` surface only; with
+`ctx.shared` (components.attacks.sharing) it is trained once for all systems whose `probe`
+is the same function (e.g. the baseline and AdvFace) and the reuse is recorded in the
+strength (`shared_from`); the measures are always taken on each system's own outputs.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from torch.nn import functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim_fn
 
 from components.attacks.base import AttackContext, AttackResult
-from components.attacks.measures import (DATA_RANGE, batched, config_from, effective_batch, fit_reconstructor,
+from components.attacks.measures import (DATA_RANGE, batched, config_from, effective_batch, fit_or_share,
                                          frozen, reconstruction_data, reconstruction_result)
 from components.defenses.base import ProtectedSystem
 
@@ -200,8 +205,11 @@ class TemplateInversion:
                         id_used = True
                 return loss
 
-            history = fit_reconstructor(decoder, train_x, batch_loss, cfg, gen, device,
-                                        label=f"template_inversion:{ctx.defense}", progress=ctx.progress)
+            # the decoder depends on the probe surface only: trained once for systems sharing it
+            history, extras, shared_from = fit_or_share(ctx, "template_inversion/decoder", cfg, system.probe,
+                                                        system, decoder, train_x, batch_loss, gen, device,
+                                                        extras=lambda: {"identity_loss_used": id_used})
+            id_used = extras["identity_loss_used"]
             stored = batched(system, targets.images, 64, device)          # the enrolled templates
             recons = (refine(decoder, system, stored, cfg.refine_steps, cfg.refine_lr, device)
                       if cfg.refine_steps > 0 else batched(decoder, stored, 64, device))
@@ -225,6 +233,8 @@ class TemplateInversion:
             "seconds": round(time.perf_counter() - start, 2),
             "final_loss": float(history[-1]) if history else float("nan"),
         }
+        if shared_from is not None:   # the same decoder, trained once against an identical probe
+            strength["shared_from"] = shared_from
         return AttackResult(measures=measures, strength=strength, artifacts=artifacts)
 
 

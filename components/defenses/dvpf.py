@@ -64,7 +64,7 @@ Variant built here (DESIGN.md section 6, issue 5; CPU scale, no public code used
   (fresh probe), and, for features generated from the prior, a real-vs-synthetic
   two-sample test (cross-validated logistic-regression AUC; 0.5 = indistinguishable).
 
-Measured on the demo (seed 0, battery attribute probe over all 300 identities; baseline
+Measured on the demo at 64 px, before it moved to 32 px (seed 0, battery attribute probe over all 300 identities; baseline
 verification 0.939, skin 0.96 / sex 0.70 balanced accuracy, chance 0.33 / 0.5): lam 0
 0.930, 0.95 / 0.70; lam 1 0.906, 0.84 / 0.66; lam 3 (default) 0.895, 0.72 / 0.63; lam 6
 0.889, 0.66 / 0.60. Build ~35 s at the default (two attributes, fresh probes included).

@@ -4,8 +4,8 @@ al., AAAI 2022), the masking that the adaptive hybrid masking paper builds on.
 No public code exists, so this is our variant of the paper's two steps; DESIGN.md asks
 for it to be stated exactly:
 
-1. Analysis (channel selection). The 192 block-DCT channels (components.freq, u=2 at 64
-   px) are scaled to unit standard deviation and gated by learnable sigmoid gates g_c;
+1. Analysis (channel selection). The 192 block-DCT channels (components.freq; u=4 at the demo's 32
+   px, a 16x16 grid: at u=2, an 8x8 grid, verification fell from 0.927 to 0.817) are scaled to unit standard deviation and gated by learnable sigmoid gates g_c;
    a short FR training of the baseline architecture on the gated channels minimises
        CE(FR) + w_vis * sum_c g_c * E_c / sum_c E_c,
    E_c the channel's share of image energy (Parseval: DCT energy = pixel energy of the

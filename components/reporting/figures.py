@@ -80,6 +80,8 @@ def tradeoff_points(defenses: dict[str, dict], baseline: str = "baseline") -> li
                                     attacks=tuple(sorted(d.get("attacks", {})))))
         sweep = d.get("sweep") or {}
         for p in sweep.get("points", []):
+            if p.get("source") == "operating point":
+                continue      # the defense's own point, drawn above with its whole battery
             s = compute_scores(p.get("attacks", {}), p["utility"]["verification_accuracy"], base_acc)
             value = f"{p['value']:g}" if isinstance(p["value"], (int, float)) else str(p["value"])
             points.append(TradeoffPoint(f"{name} {sweep['knob']}={value}", name, s["utility"], s.get("privacy"),

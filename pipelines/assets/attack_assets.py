@@ -7,6 +7,7 @@ import dagster as dg
 import mlflow
 
 from components.attacks import ATTACKS, AttackContext, NotApplicable
+from components.attacks.sharing import SharedWork, context_digest
 from components.data.ingest import FaceDataset
 from components.defenses import load_system
 from components.models.fr_model import from_bundle
@@ -27,6 +28,9 @@ def attack_results(context: dg.AssetExecutionContext, settings: PrivfaceSettings
     evaluation = from_bundle(evaluation_fr_model)
     measures, strengths, not_applicable, artifacts = {}, {}, {}, {}
     device, workdir = compute.device(), settings.workdir() / "attacks" / name
+    shared = SharedWork(settings.workdir() / "attacks" / "_shared",
+                        context_digest(face_dataset.images, dataset_splits["manifest"], dataset_splits["pairs"],
+                                       evaluation))
     with mlflow_tracking.run(context, "attack_results", tags={"defense": name}):
         for attack_name, attack in ATTACKS.items():
             reason = attack.applies_to(system)
@@ -37,7 +41,7 @@ def attack_results(context: dg.AssetExecutionContext, settings: PrivfaceSettings
                                 manifest=dataset_splits["manifest"], pairs=dataset_splits["pairs"],
                                 evaluation=evaluation, params=params.get("attacks", {}).get(attack_name, {}),
                                 device=device, workdir=workdir / attack_name,
-                                seed=params["seed"], progress=settings.progress)
+                                seed=params["seed"], progress=settings.progress, shared=shared)
             try:
                 result = attack.run(ctx)
             except NotApplicable as why:
@@ -56,6 +60,7 @@ def attack_results(context: dg.AssetExecutionContext, settings: PrivfaceSettings
         "attacks_registered": len(ATTACKS),
         "measures": dg.MetadataValue.json(measures),
         "not_applicable": dg.MetadataValue.json(not_applicable),
+        "shared_work_reused": dg.MetadataValue.json(shared.hits),
     })
     return {"attacks": measures, "strength": strengths, "not_applicable": not_applicable, "artifacts": artifacts}
 

@@ -9,6 +9,7 @@ import numpy as np
 from components.reporting.figures import report_figures
 from components.reporting.html import render_report
 from components.reporting.metrics_file import build_metrics, summary_rows, write_json
+from components.reporting.sweeps import with_operating_point
 from pipelines.io_manager import ALL_PARTITIONS
 from pipelines.resources import MLflowResource, PrivfaceSettings
 
@@ -36,6 +37,8 @@ def privacy_utility_report(context: dg.AssetExecutionContext, settings: Privface
                    "not_applicable": attack_results[d]["not_applicable"],
                    "measures": protected_system[d].get("measures", {}),
                    "sweep": defense_sweep.get(d, {})} for d in wanted}
+    for r in results.values():   # the operating point is a point of its own sweep when nothing else differs
+        r["sweep"] = with_operating_point(r["sweep"], r)
     info = dataset_splits["info"].iloc[0]
     dataset = {"name": str(info["name"]), "version": str(info["version"]),
                "identities": int(manifest["identity"].nunique()), "images": int(len(manifest))}
@@ -45,7 +48,7 @@ def privacy_utility_report(context: dg.AssetExecutionContext, settings: Privface
         metrics, reports, labels=dataset_splits["pairs"]["label"].to_numpy(),
         pair_scores={d: np.asarray(protected_system[d]["pair_scores"]) for d in wanted},
         histories={"baseline": baseline_fr_model["history"], "evaluation": evaluation_fr_model["history"]},
-        sweeps={d: defense_sweep[d] for d in wanted if d in defense_sweep},
+        sweeps={d: results[d]["sweep"] for d in wanted if d in defense_sweep},
         attack_artifacts={d: attack_results[d].get("artifacts", {}) for d in wanted},
         defense_artifacts={d: protected_system[d].get("artifacts", {}) for d in wanted})
     strength = {d: attack_results[d].get("strength", {}) for d in wanted}

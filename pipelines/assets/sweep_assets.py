@@ -10,6 +10,7 @@ import dagster as dg
 import mlflow
 
 from components.attacks import ATTACKS, AttackContext, NotApplicable
+from components.attacks.sharing import SharedWork, context_digest
 from components.config import deep_merge
 from components.data.ingest import FaceDataset
 from components.data.views import split_attributes, split_view
@@ -43,6 +44,8 @@ def defense_sweep(context: dg.AssetExecutionContext, settings: PrivfaceSettings,
     ckpt = settings.workdir() / "checkpoints" / "sweeps" / name / _fingerprint(
         face_dataset.version, baseline_fr_model["spec"], defense_params)
     evaluation = from_bundle(evaluation_fr_model)
+    shared = SharedWork(settings.workdir() / "attacks" / "_shared",
+                        context_digest(face_dataset.images, manifest, pairs, evaluation))
     attack_names = list(sweep.get("attacks", []))
     unknown = [a for a in attack_names if a not in ATTACKS]
     if unknown:
@@ -72,7 +75,7 @@ def defense_sweep(context: dg.AssetExecutionContext, settings: PrivfaceSettings,
                 actx = AttackContext(defense=name, system=system, images=face_dataset.images, manifest=manifest,
                                      pairs=pairs, evaluation=evaluation, params=attack_params, device=device,
                                      workdir=settings.workdir() / "sweeps" / name / f"{knob}={value}" / attack_name,
-                                     seed=params["seed"], progress=settings.progress)
+                                     seed=params["seed"], progress=settings.progress, shared=shared)
                 try:
                     result = attack.run(actx)
                 except NotApplicable:
@@ -89,5 +92,7 @@ def defense_sweep(context: dg.AssetExecutionContext, settings: PrivfaceSettings,
             context.log.info(f"{name} sweep {knob}={value}: accuracy {utility['verification_accuracy']:.4f}, "
                              f"attacks {attacks}")
     context.add_output_metadata({"points": len(points), "knob": knob,
+                                 "shared_work_reused": dg.MetadataValue.json(shared.hits),
                                  "sweep": dg.MetadataValue.json(points)})
-    return {"knob": knob, "points": points, "attacks": attack_names, "params": sweep.get("params", {})}
+    return {"knob": knob, "points": points, "attacks": attack_names, "params": sweep.get("params", {}),
+            "attack_params": sweep.get("attack_params", {})}

@@ -185,3 +185,10 @@ def test_attribute_not_applicable_without_attribute_columns(world):
     with pytest.raises(ValueError, match="unknown"):
         ATTRIBUTE.run(world.context(system, {"epochs": 3}))
     assert isinstance(ATTRIBUTE, AttributeInference) and ATTRIBUTE.name == "attribute_inference"
+
+
+def test_attribute_probe_folds_in_parallel_give_the_serial_result(world):
+    system = CentreColour().eval()
+    serial = ATTRIBUTE.run(world.context(system, {"n_jobs": 1})).measures
+    parallel = ATTRIBUTE.run(world.context(system, {"n_jobs": 2})).measures
+    assert parallel == serial

@@ -45,14 +45,6 @@ SHADOW = {"epochs": 15, "width": 8}
 TI_PARAMS = {"epochs": 30}
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
 def _context(world, params: dict) -> DefenseContext:
     tx, ty, _ = split_view(world.images, world.manifest, "train")
     px, py, _ = split_view(world.images, world.manifest, "public")

@@ -44,14 +44,6 @@ FAST = {"epochs": 100, "batch_size": 32, "refit_every": 5, "probe": {"max_iter":
 LAMS = {"zero": 0.0, "mid": 1.0, "high": 10.0}
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
 def _context(world, params: dict, attributes: bool = True) -> DefenseContext:
     tx, ty, _ = split_view(world.images, world.manifest, "train")
     px, py, _ = split_view(world.images, world.manifest, "public")

@@ -58,14 +58,6 @@ PARAMS = {
 }
 
 
-@pytest.fixture(scope="module")
-def one_thread():
-    prev = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(prev)
-
-
 def _context(world, params, checkpoint_dir=None) -> DefenseContext:
     tx, ty, _ = split_view(world.images, world.manifest, "train")
     px, py, _ = split_view(world.images, world.manifest, "public")

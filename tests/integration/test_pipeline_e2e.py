@@ -164,3 +164,33 @@ def test_definitions_validate(dagster_home):
     out = subprocess.run([sys.executable, "-m", "dagster", "definitions", "validate", "-m", "pipelines.definitions"],
                          capture_output=True, text=True, env={**os.environ, "DAGSTER_HOME": str(dagster_home)})
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_attacker_work_is_shared_between_partitions_with_the_same_surface(tmp_path, ci_data, dagster_home,
+                                                                          mlflow_uri):
+    """AdvFace keeps the baseline's client transform, FR model and head: in a real run after
+    the baseline's partition, its recovery U-Net, template decoder and model inversions are
+    the baseline's (stated as `shared_from` in the logged strength), the recovery measures
+    are the baseline's exactly, and its template-inversion measures are its own."""
+    defs = build_definitions(profile="ci", data_dir=str(ci_data), workdir=str(tmp_path / "work"),
+                             reports_dir=str(tmp_path / "reports"), mlflow_uri=mlflow_uri, progress=False,
+                             defenses="baseline,advface")
+    instance = dg.DagsterInstance.get()
+    for job, partition in (("prepare", None), ("defend_and_attack", "baseline"), ("defend_and_attack", "advface")):
+        result = defs.resolve_job_def(job).execute_in_process(instance=instance, partition_key=partition,
+                                                              raise_on_error=False)
+        assert result.success, failures(result)
+    store = tmp_path / "work" / "store" / "attack_results"
+    base = json.loads((store / "baseline" / "value.json").read_text())
+    adv = json.loads((store / "advface" / "value.json").read_text())
+    for attack in ("representation_recovery", "template_inversion", "model_inversion"):
+        assert "shared_from" not in base["strength"][attack]
+        assert adv["strength"][attack]["shared_from"] == "baseline", attack
+    assert adv["attacks"]["representation_recovery"] == base["attacks"]["representation_recovery"]
+    assert adv["attacks"]["model_inversion"] == base["attacks"]["model_inversion"]
+    assert adv["attacks"]["template_inversion"] != base["attacks"]["template_inversion"]   # its own stored templates
+    client = mlflow.MlflowClient(mlflow_uri, mlflow_uri)
+    exp = client.get_experiment_by_name("privface")
+    run = client.search_runs([exp.experiment_id],
+                             filter_string="tags.asset = 'attack_results' and tags.partition = 'advface'")[0]
+    assert run.data.params["representation_recovery.shared_from"] == "baseline"

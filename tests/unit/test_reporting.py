@@ -237,3 +237,25 @@ def test_report_html_holds_tradeoff_matrix_rocs_and_grids_but_no_fake_images(tmp
     assert f"<code>{table}</code>" in html                  # the CSV is listed, not inlined as an image
     assert "sweep points are scored only on the attacks their sweep ran" in html
     assert "no template decoder fits" in html               # the reason behind an n/a cell
+
+
+def test_operating_point_joins_its_sweep_only_when_the_sweep_overrides_nothing():
+    from components.reporting.sweeps import with_operating_point
+
+    acc = {"verification_accuracy": 0.9}
+    sweep = {"knob": "lam", "attacks": ["attribute_inference"], "params": {}, "attack_params": {},
+             "points": [{"value": 0.0, "utility": acc, "attacks": {"attribute_inference": {}}},
+                        {"value": 6.0, "utility": acc, "attacks": {"attribute_inference": {}}}]}
+    result = {"params": {"lam": 3.0}, "utility": {"verification_accuracy": 0.85},
+              "attacks": {"attribute_inference": {"skin": {"balanced_accuracy": 0.6, "chance": 0.33}}}}
+    merged = with_operating_point(sweep, result)
+    assert [p["value"] for p in merged["points"]] == [0.0, 3.0, 6.0]
+    mid = merged["points"][1]
+    assert mid["source"] == "operating point" and mid["utility"] == result["utility"]
+    assert mid["attacks"] == result["attacks"]
+    # a sweep that trains its points differently, or attacks them differently, is another curve
+    assert with_operating_point({**sweep, "params": {"epochs": 8}}, result) is not None
+    assert len(with_operating_point({**sweep, "params": {"epochs": 8}}, result)["points"]) == 2
+    assert len(with_operating_point({**sweep, "attack_params": {"x": {"epochs": 1}}}, result)["points"]) == 2
+    assert len(with_operating_point(sweep, {**result, "params": {"lam": 6.0}})["points"]) == 2   # already there
+    assert len(with_operating_point(sweep, {**result, "attacks": {}})["points"]) == 2             # not measured
