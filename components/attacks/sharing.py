@@ -9,7 +9,7 @@ same result bit for bit. Sharing that work is how the demo fits its time budget
 
 How. `SharedWork` is a content-addressed store on disk. A key is the SHA-256 of
   * the attack's name and what is shared (e.g. "template_inversion/decoder"),
-  * the attack's parameters and the seed,
+  * the attack's parameters and the seed, and the attack modules' source code,
   * the data the attacker and the judge see (image bytes, the manifest's index, identity
     and split columns, the verification pairs) and the judge's weights, and
   * a behavioural fingerprint of the surface: the bytes of its outputs on a fixed batch of
@@ -22,14 +22,16 @@ short of a SHA-256 collision or a surface that agrees on the batch only). A valu
 written atomically (components.atomic), so a crash leaves no half-written entry, and read
 with weights_only=True (plain data and tensors only).
 
-What shares: representation_recovery (its whole result depends on protect alone),
-model_inversion (on the classifier surface, logits), template_inversion's trained decoder
-(on the probe surface; the measures are always recomputed on each system's own stored
-templates). Each result that reuses work says so in its strength (`shared_from`).
+What shares: representation_recovery's trained U-Net (on the protect surface),
+template_inversion's trained decoder (on the probe surface), model_inversion's inversions
+(on the classifier surface, logits). The measures are always taken afresh on each
+system's own outputs (its intercepted representations, its stored templates). Each result
+that reuses work says so in its strength (`shared_from`).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -42,8 +44,8 @@ import torch
 
 from components.atomic import atomic_write, path_lock
 
-__all__ = ["FINGERPRINT_IMAGES", "SharedWork", "computed_or_shared", "context_digest", "fingerprint_images",
-           "surface_fingerprint", "trained_or_shared"]
+__all__ = ["FINGERPRINT_IMAGES", "SharedWork", "attack_code_digest", "computed_or_shared", "context_digest",
+           "fingerprint_images", "surface_fingerprint", "trained_or_shared"]
 
 FINGERPRINT_IMAGES = 32   # public images the surface is evaluated on
 
@@ -99,6 +101,17 @@ def context_digest(images: np.ndarray, manifest: pd.DataFrame, pairs: pd.DataFra
     return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=1)
+def attack_code_digest() -> str:
+    """SHA-256 of the attack modules' source (components/attacks/*.py): a changed attack or
+    measure never meets work stored by its earlier version in a kept workdir."""
+    h = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
 class SharedWork:
     """Content-addressed store of attacker work under `root` (one file per key)."""
 
@@ -109,7 +122,7 @@ class SharedWork:
 
     def key(self, what: str, params: dict, seed: int, fingerprint: str) -> str:
         h = hashlib.sha256()
-        _digest_update(h, {"what": what, "params": params, "seed": int(seed),
+        _digest_update(h, {"what": what, "params": params, "seed": int(seed), "code": attack_code_digest(),
                            "context": self.context, "surface": fingerprint})
         return h.hexdigest()
 
