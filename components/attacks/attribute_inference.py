@@ -158,6 +158,8 @@ def _fold(z: np.ndarray, y: np.ndarray, groups: np.ndarray, tr: np.ndarray, te: 
     """One outer fold: (held-out probabilities of rows `te`, temperature, train identities).
     Top level and self-contained, so that folds can run in separate worker processes."""
     with warnings.catch_warnings(), threadpool_limits(limits=1):
+        # one BLAS thread: tiny matrices, and oversubscribed BLAS threads on a busy CPU make
+        # sklearn's MLP 10-100x slower
         warnings.simplefilter("ignore", UserWarning)   # "least populated class" notices of small strata
         t = 1.0
         if p["calibrate"]:

@@ -89,13 +89,9 @@ def context_digest(images: np.ndarray, manifest: pd.DataFrame, pairs: pd.DataFra
     _digest_update(h, images)
     _digest_update(h, manifest[["index", "identity", "split"]].astype(str).to_numpy())
     _digest_update(h, pairs[["a", "b", "label"]].to_numpy())
-    net = getattr(evaluation, "backbone", evaluation)
-    for name, tensor in net.state_dict().items():
-        h.update(name.encode())
-        _digest_update(h, tensor)
-    head = getattr(evaluation, "head", None)
-    if isinstance(head, torch.nn.Module):
-        for name, tensor in head.state_dict().items():
+    modules = [getattr(evaluation, "backbone", evaluation), getattr(evaluation, "head", None)]
+    for module in (m for m in modules if isinstance(m, torch.nn.Module)):
+        for name, tensor in module.state_dict().items():
             h.update(name.encode())
             _digest_update(h, tensor)
     return h.hexdigest()

@@ -113,13 +113,13 @@ class HybridHooks(TrainHooks):
     def loss(self, model, head, x, y):
         _, labels, w = y
         emb = model(x)
-        if self.cfg.mix_margin:
-            per = torch.stack([F.cross_entropy(head(emb, labels[:, j]), labels[:, j], reduction="none")
-                               for j in range(labels.shape[1])], 1)              # (B, k)
-        else:   # a mixture of k faces is no face of one class: no margin toward any of them
-            logits = head.s * head.cosine(emb)
-            per = torch.stack([F.cross_entropy(logits, labels[:, j], reduction="none")
-                               for j in range(labels.shape[1])], 1)
+        cosine = head.cosine(emb)
+
+        def logits(j):   # without margin: a mixture of k faces is no face of one class
+            return head(emb, labels[:, j]) if self.cfg.mix_margin else head.s * cosine
+
+        per = torch.stack([F.cross_entropy(logits(j), labels[:, j], reduction="none")
+                           for j in range(labels.shape[1])], 1)                  # (B, k)
         fr_loss = (per * w).sum(1).mean()
         reward = float(fr_loss.detach())
         if self.baseline is None:
@@ -128,10 +128,8 @@ class HybridHooks(TrainHooks):
         self.baseline = self.cfg.baseline_momentum * self.baseline + (1 - self.cfg.baseline_momentum) * reward
         pg = -(advantage * self._last["log_prob"] + self.cfg.entropy * self._last["entropy"])
         # The policy term carries gradient to the policy only; its value is not added to the logged loss.
-        with torch.no_grad():
-            scores = head.cosine(emb)
         self._last["reward"] = reward
-        return fr_loss + (pg - pg.detach()), scores
+        return fr_loss + (pg - pg.detach()), cosine.detach()
 
     def after_step(self, step, loss_value, batch):
         self.k_history.append(self._last["k"])

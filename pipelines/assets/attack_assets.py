@@ -28,9 +28,8 @@ def attack_results(context: dg.AssetExecutionContext, settings: PrivfaceSettings
     evaluation = from_bundle(evaluation_fr_model)
     measures, strengths, not_applicable, artifacts = {}, {}, {}, {}
     device, workdir = compute.device(), settings.workdir() / "attacks" / name
-    shared = SharedWork(settings.workdir() / "attacks" / "_shared",
-                        context_digest(face_dataset.images, dataset_splits["manifest"], dataset_splits["pairs"],
-                                       evaluation))
+    shared = shared_attacker_work(settings, face_dataset.images, dataset_splits["manifest"], dataset_splits["pairs"],
+                                  evaluation)
     with mlflow_tracking.run(context, "attack_results", tags={"defense": name}):
         for attack_name, attack in ATTACKS.items():
             reason = attack.applies_to(system)
@@ -63,6 +62,12 @@ def attack_results(context: dg.AssetExecutionContext, settings: PrivfaceSettings
         "shared_work_reused": dg.MetadataValue.json(shared.hits),
     })
     return {"attacks": measures, "strength": strengths, "not_applicable": not_applicable, "artifacts": artifacts}
+
+
+def shared_attacker_work(settings: PrivfaceSettings, images, manifest, pairs, evaluation) -> SharedWork:
+    """The store of attacker work shared between systems of one workdir (the battery and the
+    sweeps use the same one, so a sweep point meets the battery's attackers)."""
+    return SharedWork(settings.workdir() / "attacks" / "_shared", context_digest(images, manifest, pairs, evaluation))
 
 
 def _flat_metrics(d: dict, prefix: str) -> dict[str, float]:

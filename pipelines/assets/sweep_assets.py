@@ -10,13 +10,13 @@ import dagster as dg
 import mlflow
 
 from components.attacks import ATTACKS, AttackContext, NotApplicable
-from components.attacks.sharing import SharedWork, context_digest
 from components.config import deep_merge
 from components.data.ingest import FaceDataset
 from components.data.views import split_attributes, split_view
 from components.defenses import DefenseContext, get_defense, sweep_systems
 from components.metrics.utility import evaluate_system
 from components.models.fr_model import from_bundle
+from pipelines.assets.attack_assets import shared_attacker_work
 from pipelines.assets.model_assets import _fingerprint, defense_partitions
 from pipelines.resources import ComputeResource, MLflowResource, PrivfaceSettings
 from pipelines.tracking import log_params
@@ -44,8 +44,7 @@ def defense_sweep(context: dg.AssetExecutionContext, settings: PrivfaceSettings,
     ckpt = settings.workdir() / "checkpoints" / "sweeps" / name / _fingerprint(
         face_dataset.version, baseline_fr_model["spec"], defense_params)
     evaluation = from_bundle(evaluation_fr_model)
-    shared = SharedWork(settings.workdir() / "attacks" / "_shared",
-                        context_digest(face_dataset.images, manifest, pairs, evaluation))
+    shared = shared_attacker_work(settings, face_dataset.images, manifest, pairs, evaluation)
     attack_names = list(sweep.get("attacks", []))
     unknown = [a for a in attack_names if a not in ATTACKS]
     if unknown:
