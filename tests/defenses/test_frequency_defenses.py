@@ -190,3 +190,27 @@ def test_hybrid_loss_without_margin_is_the_weighted_cross_entropy_of_scaled_cosi
         expected = (torch.stack(per, 1) * w).sum(1).mean()
         assert float(loss) == pytest.approx(float(expected), rel=1e-5), margin
     assert float(expected) > 0
+
+
+def test_public_bn_statistics_are_those_of_single_masked_faces(world, systems):
+    """bn_public: after training on mixtures the BN statistics describe single masked public
+    faces (checked on the first BN against its own inputs), the weights stay as trained."""
+    from components.defenses.hybrid import recalibrate_bn
+
+    s = systems["hybrid"]
+    px, _, _ = split_view(world.images, world.manifest, "public")
+    bn = next(m for m in s.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    weights = {k: v.clone() for k, v in s.backbone.state_dict().items() if "running" not in k and "num_batches" not in k}
+    seen = []
+    hook = bn.register_forward_pre_hook(lambda m, inp: seen.append(inp[0].detach()))
+    with torch.no_grad():
+        bn.running_mean.fill_(5.0)          # stale statistics, far from any face's
+        recalibrate_bn(s.backbone, s.front, px, batch=len(px))
+    hook.remove()
+    x = seen[0]
+    assert torch.allclose(bn.running_mean, x.mean(dim=(0, 2, 3)), atol=1e-5)
+    n = x.numel() / x.shape[1]
+    assert torch.allclose(bn.running_var, x.var(dim=(0, 2, 3)) * n / (n - 1), rtol=1e-4, atol=1e-6)
+    assert bn.momentum == 0.1 and not s.backbone.training
+    after = s.backbone.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in weights.items())
