@@ -64,10 +64,20 @@ Variant built here (DESIGN.md section 6, issue 5; CPU scale, no public code used
   (fresh probe), and, for features generated from the prior, a real-vs-synthetic
   two-sample test (cross-validated logistic-regression AUC; 0.5 = indistinguishable).
 
-Measured on the demo at 64 px, before it moved to 32 px (seed 0, battery attribute probe over all 300 identities; baseline
-verification 0.939, skin 0.96 / sex 0.70 balanced accuracy, chance 0.33 / 0.5): lam 0
-0.930, 0.95 / 0.70; lam 1 0.906, 0.84 / 0.66; lam 3 (default) 0.895, 0.72 / 0.63; lam 6
-0.889, 0.66 / 0.60. Build ~35 s at the default (two attributes, fresh probes included).
+Measured on the demo at 64 px, before it moved to 32 px (seed 0, battery attribute probe
+over all 300 identities; baseline verification 0.939, skin 0.96 / sex 0.70 balanced
+accuracy, chance 0.33 / 0.5): lam 0 0.930, 0.95 / 0.70; lam 1 0.906, 0.84 / 0.66; lam 3
+(default) 0.895, 0.72 / 0.63; lam 6 0.889, 0.66 / 0.60.
+
+At 32 px (seed 0; verification, then the skin probe of the battery's design over all 300
+identities, 8 images each): lam 0.5 0.907, 0.90; lam 1 0.895, 0.85; lam 2 0.863, 0.74;
+lam 3 (default) 0.868, 0.68; 4 adversary folds instead of 2 at lam 3: 0.876, 0.69 (+44 s).
+What the probe reads grows with the identities it learns from, and with mixing the train
+identities (whose templates the encoder was fitted on) with unseen ones; at lam 3 the same
+probe reads skin at 0.49 on the 180 train identities alone, 0.53 on the 120 unseen ones
+alone, 0.59 on 60 train + 120 unseen pooled, 0.68 on all 300; the funnel's own fresh
+probe on the 60 public identities, 0.33 (chance). Build ~61 s at the default on 2 cores
+(two attributes, fresh probes included; the adversary refits are ~half of it).
 
 Threat model: the server stores templates z; a thief or curious operator of the template
 database trains a probe for sex/skin tone on templates of people whose attributes it
