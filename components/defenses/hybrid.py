@@ -47,11 +47,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.optim.swa_utils import update_bn
 
 from components.config import config_from
 from components.defenses.base import DefenseContext
 from components.defenses.frequency import FrequencySystem, frequency_spec, train_config, train_frequency_fr
 from components.defenses.ppfrfd import ChannelMask, analyse, rebuild_masked, system
+from components.metrics.embeddings import to_model_tensor
 from components.training.loop import TrainHooks
 
 
@@ -197,28 +199,15 @@ class HybridDefense:
 
 def recalibrate_bn(backbone: nn.Module, front: nn.Module, images, batch: int = 128) -> None:
     """Re-estimate every BatchNorm's running statistics on single masked faces (the mean of
-    the per-batch statistics), in place; weights untouched. Training on mixtures leaves
-    statistics of mixtures, which have other channel scales than the single faces that
-    clients send."""
-    from components.metrics.embeddings import to_model_tensor
-
-    bns = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    saved = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    backbone.train()
-    with torch.no_grad():
-        for i in range(0, len(images), batch):
-            backbone(front(to_model_tensor(images[i:i + batch])))
-    for m, mom in zip(bns, saved):
-        m.momentum = mom
+    the per-batch statistics, torch's `update_bn`), in place; weights untouched. Training
+    on mixtures leaves statistics of mixtures, which have other channel scales than the
+    single faces that clients send."""
+    batches = (front(to_model_tensor(images[i:i + batch])) for i in range(0, len(images), batch))
+    update_bn(batches, backbone)
     backbone.eval()
 
 
 def _sample(ctx: DefenseContext) -> torch.Tensor:
-    from components.metrics.embeddings import to_model_tensor
-
     return to_model_tensor(ctx.train_images[:128])
 
 
