@@ -36,8 +36,10 @@ the demo's 30-minute budget); 64 epochs 0.839 -> 0.853. Also tried: alpha 0.3 (o
 dominating each mixture) 0.796 -> 0.755 at 16 epochs, 0.820 -> 0.847 at 40; standardising
 each mixture again (the fast masking on the mixture) 0.727 -> 0.749; a warm start of 10
 epochs on single masked public faces 0.773 -> 0.758; u=2 0.582 (with the margin). ppfrfd
-alone, same mask: 0.927. Training only on mixtures of k >= 2 faces, never on one, is
-what costs verification here.
+alone, same mask: 0.927. With the policy out of play (k fixed, 32 epochs, public BN
+statistics): k = 2 0.842, k = 3 0.834, against 0.837 with the policy's k of 4 to 6. So
+it is training only on mixtures of k >= 2 faces, never on one, that costs verification
+here, not the k the policy picks: a reward that pulled k down would not buy it back.
 """
 
 from __future__ import annotations
