@@ -16,6 +16,9 @@ Claims, each of which a broken defense fails:
 * No attribute columns: the encoder trains without an adversary and says so.
 * The baseline features are computed once per sweep; systems round-trip through a
   bundle to identical templates; every battery attack runs on a DVPF system.
+* adv_public: a seeded share of whole public identities joins the adversaries' data and
+  leaves the fresh probe's; with it, the all-identity probe reads skin tone clearly less
+  at the same lam (the hiding carries over to people the encoder never saw).
 
 Measured on this world (seed 0, one thread): skin tone balanced accuracy of the all-identity
 probe (chance 0.33) X 0.90, lam 0 0.91, lam 10 0.74; build-time probe on public identities
@@ -240,11 +243,9 @@ def test_public_identities_join_the_adversaries_and_leave_the_fresh_probe(world)
         DVPFDefense().build(_context(world, {"adv_public": 1.5, "epochs": 1}))
 
 
-def test_public_identities_reach_the_adversaries_in_training(world, probes, monkeypatch, one_thread):
-    """With adv_public the refits fit train + public templates, the identity loss still
-    sees only the train identities (the head has the train classes), and the all-identity
-    probe reads skin tone far less than from lam = 0 templates: measured 0.51 against 0.91
-    (chance 0.33), where the same lam without public identities read 0.74."""
+def test_public_identities_reach_the_adversaries_in_training(world, monkeypatch, one_thread):
+    """With adv_public the refits fit train + public templates, and the identity loss
+    still sees only the train identities (the head has the train classes)."""
     fitted = []
     real = dvpf._refit
 
@@ -253,12 +254,22 @@ def test_public_identities_reach_the_adversaries_in_training(world, probes, monk
         return real(adversaries, t, s_all, fold, steps, lr)
 
     monkeypatch.setattr(dvpf, "_refit", recording)
-    system = DVPFDefense().build(_context(world, {**FAST, "lam": LAMS["high"], "adv_public": 1.0}))
+    system = DVPFDefense().build(_context(world, {**FAST, "epochs": 3, "refit_every": 1, "adv_public": 1.0}))
     n_train = int((world.manifest["split"] == "train").sum())
     n_public = int((world.manifest["split"] == "public").sum())
-    assert fitted and set(fitted) == {n_train + n_public}
+    assert fitted == [n_train + n_public] * 3
     assert system.head.num_classes == world.manifest.loc[world.manifest["split"] == "train", "identity"].nunique()
+
+
+def test_public_identities_make_the_hiding_general(world, probes, one_thread):
+    """The sweep's lam = 10 with the public identities also in the adversaries' data (the
+    demo's setting): the all-identity probe (whose identities are mostly unseen by the
+    encoder) reads skin tone clearly less than from the sweep's templates, whose
+    adversaries saw the train identities only (measured 0.51 against 0.74; lam 0 0.91,
+    chance 0.33)."""
+    system = DVPFDefense().build(_context(world, {**FAST, "lam": LAMS["high"], "adv_public": 1.0}))
+    assert "also fitted by the adversaries" in system.measures()["probe_data"]
     m, rows = _all_rows(world)
-    skin = fresh_leakage(_templates(system, world.images[rows]), m[["skin"]].reset_index(drop=True),
-                         m["identity"].to_numpy(), {"max_iter": 200}, seed=0)["skin"]
-    assert skin["balanced_accuracy"] < probes["zero"]["balanced_accuracy"] - 0.25, (skin, probes["zero"])
+    with_public = fresh_leakage(_templates(system, world.images[rows]), m[["skin"]].reset_index(drop=True),
+                                m["identity"].to_numpy(), {"max_iter": 200}, seed=0)["skin"]
+    assert with_public["balanced_accuracy"] < probes["high"]["balanced_accuracy"] - 0.1, (with_public, probes["high"])
