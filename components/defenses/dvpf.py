@@ -157,6 +157,7 @@ class DVPFConfig:
     refit_every: int = 1          # epochs between adversary refits (0 = never)
     refit_steps: int = 200        # full-batch Adam steps of a refit
     adv_public: float = 0.0       # share of the public identities whose templates the adversaries also fit
+    sensitive: list = field(default_factory=list)   # attribute columns the adversaries hide ([] = every column)
     epochs: int = 30
     batch_size: int = 128
     lr: float = 1e-3
@@ -172,6 +173,8 @@ class DVPFConfig:
             raise ValueError(f"dvpf: adv_loss must be 'confusion' or 'leakage', got {self.adv_loss!r}")
         if not 0.0 <= float(self.adv_public) <= 1.0:
             raise ValueError(f"dvpf: adv_public is a share of the public identities in [0, 1], got {self.adv_public}")
+        if isinstance(self.sensitive, str) or not all(isinstance(c, str) for c in self.sensitive):
+            raise ValueError(f"dvpf: sensitive is a list of attribute column names, got {self.sensitive!r}")
         if self.adv_folds < 2:
             raise ValueError(f"dvpf: adv_folds must be >= 2 (cross-fitted adversary), got {self.adv_folds}")
         unknown = sorted(set(self.probe) - set(PROBE_DEFAULTS))
@@ -316,7 +319,13 @@ def _prepare(ctx: DefenseContext, cfg: DVPFConfig, backbone: nn.Module, device) 
     y_train = torch.as_tensor(np.asarray(ctx.train_labels), dtype=torch.long)
     s_train = {}
     if ctx.train_attributes is not None:
+        missing = sorted(set(cfg.sensitive) - set(ctx.train_attributes.columns))
+        if missing:
+            raise ValueError(f"dvpf: sensitive attribute(s) {missing} are not attribute columns of the data "
+                             f"({sorted(ctx.train_attributes.columns)}); set dvpf.sensitive in params.yaml")
         for col in ctx.train_attributes.columns:
+            if cfg.sensitive and col not in cfg.sensitive:
+                continue
             classes, y = np.unique(ctx.train_attributes[col].astype(str).to_numpy(), return_inverse=True)
             if len(classes) >= 2:
                 s_train[col] = (torch.as_tensor(y, dtype=torch.long), [str(c) for c in classes],

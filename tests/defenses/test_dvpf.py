@@ -273,3 +273,37 @@ def test_public_identities_make_the_hiding_general(world, probes, one_thread):
     with_public = fresh_leakage(_templates(system, world.images[rows]), m[["skin"]].reset_index(drop=True),
                                 m["identity"].to_numpy(), {"max_iter": 200}, seed=0)["skin"]
     assert with_public["balanced_accuracy"] < probes["high"]["balanced_accuracy"] - 0.1, (with_public, probes["high"])
+
+
+def test_only_the_sensitive_attributes_get_adversaries(world, one_thread):
+    """sensitive: the adversaries hide the listed attribute columns only ([] = all of
+    them); the fresh probe still reports every column, so what is left unprotected shows.
+    A column the data does not have, or a bare string, is refused with its name."""
+    backbone = world.baseline.backbone.eval()
+    quick = {"max_iter": 30, "folds": 3}
+
+    def prepare(sensitive):
+        return dvpf._prepare(_context(world, {}), dvpf.DVPFConfig(sensitive=sensitive, probe=quick), backbone, "cpu")
+
+    assert set(prepare([]).s_train) == {"sex", "skin"}
+    assert set(prepare(["skin"]).s_train) == {"skin"}
+    with pytest.raises(ValueError, match="height"):
+        prepare(["skin", "height"])
+    with pytest.raises(ValueError, match="list of attribute column names"):
+        DVPFDefense().build(_context(world, {"sensitive": "skin", "epochs": 1}))
+    system = DVPFDefense().build(_context(world, {**FAST, "epochs": 2, "sensitive": ["skin"]}))
+    m = system.measures()
+    assert set(m["adversary_leakage_bits"]) == {"skin"} and set(m["leakage"]) == {"sex", "skin"}
+    assert system.cfg.sensitive == ["skin"]
+
+
+def test_a_narrower_z_is_stored_saved_and_attacked(world, one_thread, tmp_path):
+    """z_dim below the feature dimension (the demo's bottleneck): 16-dim templates that
+    survive a save/load round trip and that the template-inversion decoder takes as is."""
+    system = DVPFDefense().build(_context(world, {**FAST, "epochs": 2, "z_dim": 16}))
+    x = to_model_tensor(world.images[:8])
+    with torch.no_grad():
+        assert system(x).shape == (8, 16)
+        assert torch.equal(_round_trip(system)(x), system(x))
+    r = ATTACKS["template_inversion"].run(world.context(system, {"epochs": 1}, defense="dvpf", tmp_path=tmp_path))
+    assert 0.0 <= r.measures["ssim"] <= 1.0
