@@ -50,6 +50,12 @@ Variant built here (DESIGN.md section 6, issue 5; CPU scale, no public code used
   adversary that has seen only the train identities did not carry over to people the
   encoder never saw; more identities in the adversary's data make the hiding more
   general (measured below). The demo uses all of them (1.0).
+  (5) `sensitive`: the attribute columns the adversaries hide (empty: every column; a
+  column the data lacks is refused). The demo hides skin tone only, the attribute the
+  issue judges; sex is then left as the baseline has it, and the fresh probe and the
+  battery still report it, so what is unprotected shows. (6) A narrower z than X
+  (`z_dim`, 32 of 128 on the demo; the skip path is then a semi-orthogonal map): less
+  room for what identity does not need.
   Without attribute columns the encoder trains with no adversary (recorded in measures).
 * Templates: normalize(mu(x)), the posterior mean, at inference and for verification.
   Deterministic (a template does not change between enrolment and probe, so verification
@@ -81,7 +87,7 @@ accuracy, chance 0.33 / 0.5): lam 0 0.930, 0.95 / 0.70; lam 1 0.906, 0.84 / 0.66
 
 At 32 px (seed 0; verification, then the skin probe of the battery's design over all 300
 identities, 8 images each): lam 0.5 0.907, 0.90; lam 1 0.895, 0.85; lam 2 0.863, 0.74;
-lam 3 (default) 0.868, 0.68; 4 adversary folds instead of 2 at lam 3: 0.876, 0.69 (+44 s).
+lam 3 0.868, 0.68; 4 adversary folds instead of 2 at lam 3: 0.876, 0.69 (+44 s).
 What the probe reads grows with the identities it learns from, and with mixing the train
 identities (whose templates the encoder was fitted on) with unseen ones; at lam 3 the same
 probe reads skin at 0.49 on the 180 train identities alone, 0.53 on the 120 unseen ones
@@ -94,16 +100,33 @@ With the public identities in the adversaries' data (`adv_public: 1`; verificati
 0.69; lam 4 0.855, 0.63 / 0.71 and 0.863, 0.61 / 0.68; lam 5 0.853, 0.62 / 0.71. Without
 them, lam 3: 0.868, 0.68 / 0.68 and 0.826, 0.67 / 0.70 (the seed moves verification by up
 to 4 points: the min-max game is chaotic, a float-level change of summation order alone
-moves its result). Half of the public identities: lam 3 0.880, 0.71 / 0.69. The default
-is lam 3 with all public identities (whole demo run: 0.874, skin 0.666 / sex 0.733,
-membership AUC 0.794, privacy score 0.250; without them 0.868, 0.704 / 0.688, 0.810,
-0.231). lam 2 keeps verification inside 5 points of the baseline (0.928) on both seeds,
+moves its result). Half of the public identities: lam 3 0.880, 0.71 / 0.69. lam 3 with all
+public identities was the default before the settings below (whole demo run: 0.874, skin
+0.666 / sex 0.733, membership AUC 0.794, privacy score 0.250; without them 0.868, 0.704 /
+0.688, 0.810, 0.231). lam 2 keeps verification inside 5 points of the baseline (0.928) on both seeds,
 but in a whole demo run (0.883) its skin probe read 0.712 (no lower than lam 3 without
 public identities), and its templates gave membership inference back (AUC 0.910 against
 0.810, model-inversion top-1 0.400 against 0.356): privacy score 0.111, below the
-promotion gate's floor of 0.2. Skin tone stays far from chance (0.33) at every lam that
-keeps verification, as the sweep shows. Build ~60 s at the default on 2 cores (two
-attributes, fresh probes included; the adversary refits are ~half of it).
+promotion gate's floor of 0.2. With both columns hidden and 200-step refits, skin tone
+stayed far from chance (0.33) at every lam that kept verification.
+
+Skin tone only (`sensitive: [skin]`), then a narrower z and stronger refits (32 px,
+seed 0 unless said; verification, battery-design skin probe over all 300 identities):
+lam 3 0.909, 0.70 (sex 0.76, unprotected); lam 5 0.889, 0.66 and seed 1 0.901, 0.68; lam
+8 0.879, 0.64; lam 6 with 4 folds 0.893, 0.65. z_dim 32: lam 5 0.917, 0.64; lam 10
+0.909, 0.63; z_dim 16: lam 5 0.907, 0.66. With z_dim 32 and lam 10 the probe read skin at
+0.58 on the train identities, 0.60 on the public ones and 0.68 on the unseen test ones:
+the training adversaries were weaker than the probe, so the refits were made stronger
+(`refit_steps`, full-batch Adam steps a refit): 500 steps 0.898, 0.55 and seed 1 0.885,
+0.54 (the default: lam 10, z_dim 32, 500 steps); 1000 steps 0.883, 0.52 and 0.865, 0.53;
+2000 steps 0.892, 0.54; 1000 steps at lam 5 0.888, 0.54 and 0.877, 0.55, at lam 20 0.897,
+0.53 and 0.842, 0.53; adversaries of 128 units 0.882, 0.56; 4 folds of 128 units 0.874,
+0.55; 60 epochs 0.861, 0.54; refit lr 5e-3 0.892, 0.58. Hiding sex too (both columns,
+500 steps, lam 10): 0.879, skin 0.55, sex 0.70 (0.76 unprotected): verification at the
+edge of 5 points. Skin tone stays about 0.21 above chance (0.33) at every setting that
+keeps verification: the pooled probe of the battery reads what the encoder's adversaries
+miss on identities nobody trained on. Build ~50 s at the default on 2 cores (fresh probes
+included; the adversary refits are about half of it).
 
 Threat model: the server stores templates z; a thief or curious operator of the template
 database trains a probe for sex/skin tone on templates of people whose attributes it
