@@ -229,17 +229,19 @@ SWEEP_MEASURES = {
     "model_inversion": ("top1", "model-inversion top-1"),
     "membership_inference": ("auc", "membership AUC"),
     "retrieval_leakage": ("top1", "retrieval top-1"),
-    "attribute_inference": ("max_gain", "attribute probe: balanced accuracy - chance (max)"),
 }
 
 
-def sweep_measure(attack: str, measures: dict) -> float | None:
-    """The value a sweep point is drawn at for `attack` (None when not measured)."""
+def sweep_series(attack: str, measures: dict) -> dict[str, float]:
+    """{series label: value} a sweep point is drawn at for `attack` ({} when not measured).
+    The attribute probe gives one series per attribute (balanced accuracy - chance): a
+    defense that hides one attribute shows it falling while the others stay, where the
+    maximum over attributes would show only whichever leaks most."""
     if attack == "attribute_inference":
-        gains = [m["balanced_accuracy"] - m["chance"] for m in measures.values()]
-        return max(gains) if gains else None
-    key = SWEEP_MEASURES.get(attack, (None,))[0]
-    return measures.get(key)
+        return {f"attribute probe: {a} (bal. acc. - chance)": m["balanced_accuracy"] - m["chance"]
+                for a, m in measures.items()}
+    key, label = SWEEP_MEASURES.get(attack, (None, attack))
+    return {label: measures[key]} if measures.get(key) is not None else {}
 
 
 def sweep_plot(sweeps: dict[str, dict], path: str | Path) -> Path:
@@ -252,13 +254,13 @@ def sweep_plot(sweeps: dict[str, dict], path: str | Path) -> Path:
     if not swept:
         axes[0][0].text(0.5, 0.5, "no sweep configured", ha="center", va="center", transform=axes[0][0].transAxes)
     for ax, (defense, s) in zip(axes[0], swept.items()):
-        attacks = sorted({a for p in s["points"] for a in p.get("attacks", {})})
-        for attack in attacks:
-            pts = [(sweep_measure(attack, p["attacks"][attack]), p["utility"]["verification_accuracy"], p["value"])
-                   for p in s["points"] if attack in p.get("attacks", {})]
-            pts = [t for t in pts if t[0] is not None]
-            ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], marker="o", label=SWEEP_MEASURES.get(
-                attack, (None, attack))[1])
+        series: dict[str, list] = {}
+        for p in s["points"]:
+            for attack, measures in sorted(p.get("attacks", {}).items()):
+                for label, x in sweep_series(attack, measures).items():
+                    series.setdefault(label, []).append((x, p["utility"]["verification_accuracy"], p["value"]))
+        for label, pts in sorted(series.items()):
+            ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], marker="o", label=label)
             for x, y, v in pts:
                 ax.annotate(f"{s['knob']}={v:g}" if isinstance(v, (int, float)) else str(v), (x, y),
                             textcoords="offset points", xytext=(4, 4), fontsize=7)

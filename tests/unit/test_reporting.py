@@ -73,7 +73,7 @@ def _utility(acc):
 def test_sweep_and_measures_go_to_metrics_and_plot(tmp_path):
     from PIL import Image
 
-    from components.reporting.figures import sweep_measure, sweep_plot
+    from components.reporting.figures import sweep_plot, sweep_series
 
     points = [{"value": v, "operating_point": {"eps_mean": v}, "utility": _utility(acc),
                "attacks": {"representation_recovery": {"ssim": ssim, "psnr_db": 20.0, "sar_type1": 0.1,
@@ -86,10 +86,13 @@ def test_sweep_and_measures_go_to_metrics_and_plot(tmp_path):
     assert m["defenses"]["dctdp"]["measures"] == {"eps_max": 3.0}
     assert [p["value"] for p in m["defenses"]["dctdp"]["sweep"]["points"]] == [1.0, 10.0]
     assert "sweep" not in m["defenses"]["baseline"]                # nothing swept, nothing reported
-    assert sweep_measure("attribute_inference", {"sex": {"balanced_accuracy": 0.7, "chance": 0.5},
-                                                 "skin": {"balanced_accuracy": 0.4, "chance": 0.33}}) == \
-        pytest.approx(0.2)
-    assert sweep_measure("template_inversion", {"ssim": 0.3, "sar_type2": 0.1}) == 0.1
+    attrs = sweep_series("attribute_inference", {"sex": {"balanced_accuracy": 0.7, "chance": 0.5},
+                                                 "skin": {"balanced_accuracy": 0.4, "chance": 0.33}})
+    assert len(attrs) == 2                                          # one series per attribute, not their max
+    assert [v for k, v in sorted(attrs.items()) if "sex" in k] == [pytest.approx(0.2)]
+    assert [v for k, v in sorted(attrs.items()) if "skin" in k] == [pytest.approx(0.07)]
+    assert sweep_series("template_inversion", {"ssim": 0.3, "sar_type2": 0.1}) == {"template-inversion SAR type 2": 0.1}
+    assert sweep_series("model_inversion", {}) == {}
     path = sweep_plot({"dctdp": m["defenses"]["dctdp"]["sweep"], "baseline": {}}, tmp_path / "s.png")
     with Image.open(path) as img:
         assert img.size[0] > 300                                    # one panel: the swept defense only
