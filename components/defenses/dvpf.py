@@ -12,11 +12,12 @@ that the encoder plays against (Barber-Agakov bound).
 Variant built here (DESIGN.md section 6, issue 5; CPU scale, no public code used):
 * X: the frozen baseline backbone's features of the train images, L2-normalised (the
   baseline template), computed once (shared by all points of a lambda sweep).
-* Encoder q(z|x) = N(mu(x), diag(exp(logvar(x)))), reparameterised in training. mu is a
-  linear skip path initialised to the identity (z_dim = D by default) plus an MLP (two
-  Linear-BN-ReLU layers), logvar a linear head on the MLP's features: training starts at
-  the baseline template and changes what the losses ask for. (A plain MLP encoder was
-  measured 1.5 points of verification worse at lam = 0 on the demo.)
+* Encoder q(z|x) = N(mu(x), diag(exp(logvar(x)))), reparameterised in training. mu is an
+  MLP (two Linear-BN-ReLU layers) plus, with `skip` (the default), a linear skip path
+  initialised to the identity, so that training starts at the baseline template and
+  changes what the losses ask for; logvar is a linear head on the MLP's features. (A
+  plain MLP encoder was measured 1.5 points of verification worse at lam = 0 on the
+  demo; under the adversary it hides much more, see below, and the demo uses it.)
 * Utility: an ArcFace (or CosFace) margin head (components.models.heads) over the train
   identities on sampled z, + beta * KL(q(z|x) || N(0, I)); GenPF adds a Gaussian decoder
   p(x|z) (MLP, fixed variance: squared error to normalised X, weight `w_rec`) with the
@@ -125,8 +126,14 @@ the training adversaries were weaker than the probe, so the refits were made str
 500 steps, lam 10): 0.879, skin 0.55, sex 0.70 (0.76 unprotected): verification at the
 edge of 5 points. Skin tone stays about 0.21 above chance (0.33) at every setting that
 keeps verification: the pooled probe of the battery reads what the encoder's adversaries
-miss on identities nobody trained on. Build ~50 s at the default on 2 cores (fresh probes
-included; the adversary refits are about half of it).
+miss on identities nobody trained on.
+
+Without the skip path (`skip: false`; z_dim 32, 500-step refits, skin only): the MLP must
+carry everything z holds, so skin tone is left out rather than cancelled by the MLP
+against a linear copy of x: lam 3 0.899, skin 0.45 and seed 1 0.883, 0.50 (the demo's
+default); lam 2 0.907, 0.56; lam 10 0.877, 0.44 and seed 1 0.860, 0.49; lam 5 with z_dim
+64 0.867, 0.43. Build ~35 s at the default on 2 cores (fresh probes included; the
+adversary refits are about half of it).
 
 Threat model: the server stores templates z; a thief or curious operator of the template
 database trains a probe for sex/skin tone on templates of people whose attributes it
@@ -168,6 +175,7 @@ class DVPFConfig:
     mode: str = "genpf"           # genpf (decoder p(x|z) + prior) | dispf
     z_dim: int = 0                # 0: the baseline feature dimension D
     hidden: int = 256             # encoder / decoder MLP width
+    skip: bool = True             # the encoder's linear skip path (identity at the start) beside its MLP
     head: str = "arcface"         # identity margin head on z (arcface | cosface)
     s: float = 32.0
     m: float = 0.3
@@ -196,6 +204,8 @@ class DVPFConfig:
             raise ValueError(f"dvpf: adv_loss must be 'confusion' or 'leakage', got {self.adv_loss!r}")
         if not 0.0 <= float(self.adv_public) <= 1.0:
             raise ValueError(f"dvpf: adv_public is a share of the public identities in [0, 1], got {self.adv_public}")
+        if not self.skip and self.hidden == 0:
+            raise ValueError("dvpf: skip false needs an MLP encoder (hidden > 0)")
         if isinstance(self.sensitive, str) or not all(isinstance(c, str) for c in self.sensitive):
             raise ValueError(f"dvpf: sensitive is a list of attribute column names, got {self.sensitive!r}")
         if self.adv_folds < 2:
@@ -206,20 +216,24 @@ class DVPFConfig:
 
 
 class GaussianEncoder(nn.Module):
-    """q(z|x): normalised feature x (N, D) -> (mu, logvar), each (N, z_dim). The mean is a
-    linear skip path, initialised to the identity (a semi-orthogonal map when z_dim != D),
-    plus an MLP (hidden = 0: no MLP), so training starts from the baseline template and
-    changes only what the losses ask for."""
+    """q(z|x): normalised feature x (N, D) -> (mu, logvar), each (N, z_dim). The mean is an
+    MLP (hidden = 0: none) plus, with `skip`, a linear skip path initialised to the identity
+    (a semi-orthogonal map when z_dim != D), so that training starts from the baseline
+    template and changes only what the losses ask for. Without the skip path nothing of x
+    reaches z unless the MLP carries it: an attribute must be removed, not cancelled."""
 
-    def __init__(self, dim: int, z_dim: int, hidden: int):
+    def __init__(self, dim: int, z_dim: int, hidden: int, skip: bool = True):
         super().__init__()
+        if not skip and hidden == 0:
+            raise ValueError("dvpf: an encoder with neither a skip path nor an MLP (skip false, hidden 0)")
         self.dim = dim
-        self.skip = nn.Linear(dim, z_dim, bias=False)
-        with torch.no_grad():
-            if z_dim == dim:
-                self.skip.weight.copy_(torch.eye(dim))
-            else:
-                nn.init.orthogonal_(self.skip.weight)
+        self.skip = nn.Linear(dim, z_dim, bias=False) if skip else None
+        if skip:
+            with torch.no_grad():
+                if z_dim == dim:
+                    self.skip.weight.copy_(torch.eye(dim))
+                else:
+                    nn.init.orthogonal_(self.skip.weight)
         self.body = (None if hidden == 0 else
                      nn.Sequential(nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
                                    nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
@@ -232,7 +246,8 @@ class GaussianEncoder(nn.Module):
         if self.body is None:
             return self.skip(x), self.logvar(x).clamp(-10.0, 10.0)
         h = self.body[:-1](x)
-        return self.skip(x) + self.body[-1](h), self.logvar(h).clamp(-10.0, 10.0)
+        mu = self.body[-1](h)
+        return (mu if self.skip is None else self.skip(x) + mu), self.logvar(h).clamp(-10.0, 10.0)
 
 
 def _mlp(din: int, hidden: int, dout: int) -> nn.Sequential:
@@ -434,7 +449,7 @@ def _train(data: _Data, cfg: DVPFConfig, num_classes: int, seed: int, device, pr
     """Encoder, head, decoder (GenPF) and adversaries, trained with alternating updates."""
     torch.manual_seed(seed)
     dim = data.x_train.shape[1]
-    encoder = GaussianEncoder(dim, cfg.z_dim, cfg.hidden).to(device)
+    encoder = GaussianEncoder(dim, cfg.z_dim, cfg.hidden, cfg.skip).to(device)
     head = get_head(cfg.head, cfg.z_dim, num_classes, s=cfg.s, m=cfg.m).to(device)
     decoder = _mlp(cfg.z_dim, cfg.hidden, dim).to(device) if cfg.mode == "genpf" else None
     adversaries = {a: nn.ModuleList([Adversary(cfg.z_dim, cfg.adv_hidden, len(c)) for _ in range(cfg.adv_folds)])
@@ -622,7 +637,7 @@ class DVPFDefense:
         cfg = DVPFConfig(**config["dvpf"])
         model = build_fr_model(config["fr_spec"])
         dim = int(config["dim"])
-        encoder = GaussianEncoder(dim, cfg.z_dim, cfg.hidden)
+        encoder = GaussianEncoder(dim, cfg.z_dim, cfg.hidden, cfg.skip)
         head = get_head(cfg.head, cfg.z_dim, int(config["num_classes"]), s=cfg.s, m=cfg.m)
         decoder = _mlp(cfg.z_dim, cfg.hidden, dim) if cfg.mode == "genpf" else None
         return DVPFSystem(model.backbone.eval(), encoder.eval(), head.eval(),

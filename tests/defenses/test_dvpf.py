@@ -307,3 +307,21 @@ def test_a_narrower_z_is_stored_saved_and_attacked(world, one_thread, tmp_path):
         assert torch.equal(_round_trip(system)(x), system(x))
     r = ATTACKS["template_inversion"].run(world.context(system, {"epochs": 1}, defense="dvpf", tmp_path=tmp_path))
     assert 0.0 <= r.measures["ssim"] <= 1.0
+
+
+def test_an_encoder_without_the_skip_path(world, one_thread):
+    """skip false: mu is the MLP's output alone (no linear copy of x to cancel), the
+    system trains, stores and reloads; with no MLP either the config is refused."""
+    enc = dvpf.GaussianEncoder(8, 4, 16, skip=False).eval()
+    assert enc.skip is None
+    x = torch.randn(5, 8)
+    with torch.no_grad():
+        h = enc.body[:-1](torch.nn.functional.normalize(x, dim=1) * enc.scale)
+        assert torch.equal(enc(x)[0], enc.body[-1](h))
+    with pytest.raises(ValueError, match="skip"):
+        DVPFDefense().build(_context(world, {"skip": False, "hidden": 0, "epochs": 1}))
+    system = DVPFDefense().build(_context(world, {**FAST, "epochs": 2, "skip": False, "z_dim": 16}))
+    assert system.encoder.skip is None and not any("skip" in k for k in system.state_dict())
+    x = to_model_tensor(world.images[:8])
+    with torch.no_grad():
+        assert torch.equal(_round_trip(system)(x), system(x))
