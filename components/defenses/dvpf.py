@@ -204,8 +204,6 @@ class DVPFConfig:
             raise ValueError(f"dvpf: adv_loss must be 'confusion' or 'leakage', got {self.adv_loss!r}")
         if not 0.0 <= float(self.adv_public) <= 1.0:
             raise ValueError(f"dvpf: adv_public is a share of the public identities in [0, 1], got {self.adv_public}")
-        if not self.skip and self.hidden == 0:
-            raise ValueError("dvpf: skip false needs an MLP encoder (hidden > 0)")
         if isinstance(self.sensitive, str) or not all(isinstance(c, str) for c in self.sensitive):
             raise ValueError(f"dvpf: sensitive is a list of attribute column names, got {self.sensitive!r}")
         if self.adv_folds < 2:
@@ -227,8 +225,9 @@ class GaussianEncoder(nn.Module):
         if not skip and hidden == 0:
             raise ValueError("dvpf: an encoder with neither a skip path nor an MLP (skip false, hidden 0)")
         self.dim = dim
-        self.skip = nn.Linear(dim, z_dim, bias=False) if skip else None
+        self.skip = None
         if skip:
+            self.skip = nn.Linear(dim, z_dim, bias=False)
             with torch.no_grad():
                 if z_dim == dim:
                     self.skip.weight.copy_(torch.eye(dim))

@@ -144,7 +144,7 @@ class HybridHooks(TrainHooks):
 
         if self.cfg.mix_margin == "weighted":   # soft label: each face's margin in proportion to its weight
             target = torch.zeros_like(cosine).scatter_add_(1, labels, w.to(cosine.dtype))      # (B, C)
-            fr_loss = -(target * F.log_softmax(head.soft_logits(emb, target), dim=1)).sum(1).mean()
+            fr_loss = -(target * F.log_softmax(head.soft_logits(cosine, target), dim=1)).sum(1).mean()
         else:   # "each": the full margin toward every mixed face; "none": scaled cosines
             def logits(j):
                 return head(emb, labels[:, j]) if self.cfg.mix_margin == "each" else head.s * cosine

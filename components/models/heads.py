@@ -66,12 +66,12 @@ class ArcFace(_NormalisedLinear):
             target = torch.where(cos_t > self.th, cos_t_m, cos_t - self.mm)
         return self.s * cos.scatter(1, labels.view(-1, 1), target)
 
-    def soft_logits(self, embeddings: Tensor, weights: Tensor) -> Tensor:
-        """Logits for a soft label `weights` (B, num_classes), e.g. a MixUp of faces: the
-        margin on every class in proportion to its weight, s * cos(theta + w m), with the
-        same fallback past theta + w m > pi as `forward`. A one-hot `weights` gives exactly
+    def soft_logits(self, cos: Tensor, weights: Tensor) -> Tensor:
+        """Logits from the class cosines `cos` (B, num_classes; `cosine`'s output, which a
+        caller often has already) for a soft label `weights` of the same shape, e.g. a MixUp
+        of faces: the margin on every class in proportion to its weight, s * cos(theta + w m),
+        with the same fallback past theta + w m > pi as `forward`. A one-hot `weights` gives
         `forward`'s logits; a zero weight gives the plain scaled cosine."""
-        cos = self.cosine(embeddings)
         a = self.m * weights.to(cos.dtype)
         sin = (1.0 - cos * cos).clamp_min(1e-7).sqrt()
         shifted = cos * torch.cos(a) - sin * torch.sin(a)
@@ -92,10 +92,11 @@ class CosFace(_NormalisedLinear):
         target = cos.gather(1, labels.view(-1, 1)) - self.m
         return self.s * cos.scatter(1, labels.view(-1, 1), target)
 
-    def soft_logits(self, embeddings: Tensor, weights: Tensor) -> Tensor:
-        """Logits for a soft label `weights` (B, num_classes): s * (cos(theta) - w m) on
-        every class; a one-hot `weights` gives exactly `forward`'s logits."""
-        return self.s * (self.cosine(embeddings) - self.m * weights.to(torch.float32))
+    def soft_logits(self, cos: Tensor, weights: Tensor) -> Tensor:
+        """Logits from the class cosines `cos` for a soft label `weights` (both (B,
+        num_classes)): s * (cos(theta) - w m) on every class; a one-hot `weights` gives
+        exactly `forward`'s logits."""
+        return self.s * (cos - self.m * weights.to(cos.dtype))
 
 
 HEADS: dict[str, type[_NormalisedLinear]] = {"arcface": ArcFace, "cosface": CosFace}
