@@ -1,56 +1,16 @@
-"""Asset checks: blocking data checks (pandera schema, Great Expectations suite, split
-disjointness), model sanity (finite weights, embeddings not collapsed) and the promotion gate."""
+"""Asset checks: model sanity (finite weights, embeddings not collapsed) and the promotion
+gate. The blocking data checks (pandera schema, Great Expectations suite, split
+disjointness) are declared on their assets (assets/data_assets.py) and run before the
+value is stored, so that a refused dataset never replaces the published one."""
 
 
 import dagster as dg
 import torch
 
-from components.atomic import path_lock
-from components.data.errors import DataError
 from components.data.ingest import FaceDataset
-from components.data.quality import run_quality_suite
-from components.data.schema import validate_manifest
-from components.data.splits import check_disjoint
 from components.metrics.utility import embedding_spread, split_templates
 from components.models.fr_model import from_bundle
 from pipelines.resources import PrivfaceSettings
-
-
-@dg.asset_check(asset="face_dataset", blocking=True,
-                description="The manifest satisfies the pandera ManifestSchema.")
-def manifest_schema(face_dataset: FaceDataset) -> dg.AssetCheckResult:
-    try:
-        validate_manifest(face_dataset.manifest)
-    except DataError as err:
-        return dg.AssetCheckResult(passed=False, metadata={"error": dg.MetadataValue.text(str(err))})
-    return dg.AssetCheckResult(passed=True, metadata={"rows": len(face_dataset.manifest)})
-
-
-@dg.asset_check(asset="face_dataset", blocking=True,
-                description="Great Expectations data-quality suite (shape, range, images per identity, "
-                            "duplicates, identity count, attribute values); Data Docs under reports/.")
-def data_quality(settings: PrivfaceSettings, face_dataset: FaceDataset) -> dg.AssetCheckResult:
-    params = settings.params()
-    data = params["data"]
-    docs = settings.reports_dir() / "gx"
-    with path_lock(docs):   # one GX project per reports dir: two runs writing it at once clash
-        report = run_quality_suite(face_dataset.manifest, image_size=data["image_size"],
-                                   min_identities=data["min_identities"],
-                                   attribute_values=data.get("attribute_values"), docs_dir=docs)
-    failed = [r for r in report.results if not r["success"]]
-    return dg.AssetCheckResult(
-        passed=report.success,
-        metadata={"expectations": len(report.results), "failed": dg.MetadataValue.json(failed),
-                  "data_docs": str(report.docs_index) if report.docs_index else "none"})
-
-
-@dg.asset_check(asset="dataset_splits", blocking=True,
-                description="No identity and no image content in two splits.")
-def splits_disjoint(dataset_splits: dict) -> dg.AssetCheckResult:
-    problems = check_disjoint(dataset_splits["manifest"])
-    return dg.AssetCheckResult(passed=not problems,
-                               metadata={"problems": dg.MetadataValue.json(problems[:20]),
-                                         "count": len(problems)})
 
 
 def _model_sanity(settings: PrivfaceSettings, bundle: dict, face_dataset: FaceDataset,
@@ -96,5 +56,4 @@ def promotion_gate(promotion_candidates: dict) -> dg.AssetCheckResult:
                   **{name: dg.MetadataValue.text(line(v)) for name, v in promotion_candidates.items()}})
 
 
-ALL_CHECKS = [manifest_schema, data_quality, splits_disjoint, baseline_model_sane, evaluation_model_sane,
-              promotion_gate]
+ALL_CHECKS = [baseline_model_sane, evaluation_model_sane, promotion_gate]

@@ -1,13 +1,21 @@
 """The `privface` command: the pipeline without the UI, through real Dagster runs on a
 persistent instance (DAGSTER_HOME, default ./dagster_home), so the UI shows them too.
 
-  privface run --profile demo [--data-dir DIR] [--defenses a,b] [--device auto]
+  privface run --profile demo [--data-dir DIR] [--defenses a,b] [--device auto] [--params FILE]
   privface generate --profile demo     # write the synthetic dataset if it is missing
+
+`run` checks what it can before any work (profile, params file, defense names, the data
+folder's structure and identity count), then runs the stages in a child process that it
+supervises (pipelines/supervisor.py): Ctrl-C or SIGTERM stops the run within seconds,
+keeps the last checkpoint and marks the runs KILLED / CANCELED; a second Ctrl-C stops it
+at once. A failure ends with one short block naming the cause; Dagster's own log, stack
+traces included, goes to a log file (or to the console with --verbose).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -15,6 +23,7 @@ from pathlib import Path
 
 from pipelines import telemetry  # noqa: F401
 
+from pipelines.failures import block  # noqa: E402
 from pipelines.resources import PROJECT_ROOT  # noqa: E402
 
 DAGSTER_YAML = """# privface Dagster instance: no telemetry; one training step at a time in the gpu pool
@@ -24,6 +33,8 @@ concurrency:
   pools:
     default_limit: 1
 """
+CHILD_ENV = "PRIVFACE_SESSION"   # set in the supervised child: run the stages here
+LOG_ENV = "PRIVFACE_LOG"
 
 
 def ensure_dagster_home() -> Path:
@@ -74,27 +85,63 @@ def _gate_refusal(result) -> str:
     return "\n".join(f"  {name}: {value.value}" for name, value in gate[0].metadata.items() if name != "passing")
 
 
-def cmd_run(args) -> int:
+def _settings(args):
+    from pipelines.resources import PrivfaceSettings
+
+    return PrivfaceSettings(profile=args.profile, data_dir=args.data_dir or "", defenses=args.defenses or "",
+                            workdir_override=args.workdir or "", reports_override=args.reports_dir or "",
+                            **({"params_path": str(Path(args.params).resolve())} if args.params else {}))
+
+
+def _dataset_notes(result) -> list[str]:
+    """What ingestion accepted and reported (duplicates kept once, litter skipped)."""
+    mats = [m for m in result.asset_materializations_for_node("face_dataset")]
+    if not mats:
+        return []
+    meta = mats[-1].metadata
+    pairs = meta["duplicate_pairs"].value if "duplicate_pairs" in meta else []
+    count = int(meta["duplicates_kept_once"].value) if "duplicates_kept_once" in meta else 0
+    ignored = meta["ignored_files"].value if "ignored_files" in meta else []
+    notes = []
+    if count:
+        shown = "; ".join(f"{d['dropped']} = {d['kept']}" for d in pairs[:3])
+        notes.append(f"privface: face_dataset: {count} exact duplicate(s) within an identity kept once "
+                     f"({shown}{' ...' if count > 3 else ''}); all are listed in the Data Docs: "
+                     f"{meta['data_docs'].value}")
+    if ignored:
+        notes.append(f"privface: face_dataset: skipped {len(ignored)} operating-system file(s) "
+                     f"({', '.join(ignored[:3])}{' ...' if len(ignored) > 3 else ''})")
+    return notes
+
+
+def _interrupted(result) -> bool:
+    return any(e.event_type_value == "STEP_FAILURE" and e.event_specific_data.error is not None
+               and e.event_specific_data.error.cls_name in ("DagsterExecutionInterruptedError", "KeyboardInterrupt")
+               for e in result.all_events)
+
+
+def run_stages(args) -> int:
+    """The stages as real Dagster runs, in this process (the supervised child)."""
     import dagster as dg
 
-    from components.defenses import DEFENSES
     from pipelines.definitions import build_definitions
+    from pipelines.failures import failure_lines, write_run_log
 
     home = ensure_dagster_home()
+    session = os.environ[CHILD_ENV]
+    log = Path(os.environ[LOG_ENV])
     defs = build_definitions(profile=args.profile, data_dir=args.data_dir or "", defenses=args.defenses or "",
                              device=args.device, workdir=args.workdir or "", reports_dir=args.reports_dir or "",
-                             mlflow_uri=os.environ.get("MLFLOW_TRACKING_URI", ""))   # e.g. a shared server
+                             mlflow_uri=os.environ.get("MLFLOW_TRACKING_URI", ""),   # e.g. a shared server
+                             params_path=str(Path(args.params).resolve()) if args.params else "")
     settings = defs.resources["settings"]
-    params = settings.params()
-    defenses = list(params["defenses"])
+    defenses = list(settings.params()["defenses"])
     if "baseline" not in defenses:
         defenses.insert(0, "baseline")
-    unknown = [d for d in defenses if d not in DEFENSES]
-    if unknown:
-        print(f"privface: unknown defense(s) {unknown}; known: {', '.join(DEFENSES)}", file=sys.stderr)
-        return 2
     instance = dg.DagsterInstance.get()
-    log_config = {"loggers": {"console": {"config": {"log_level": args.log_level}}}}
+    quiet = not (args.verbose or args.log_level)
+    log_config = {"loggers": {"console": {"config": {"log_level": "CRITICAL" if quiet else
+                                                     (args.log_level or "INFO")}}}}
     started = time.time()
     stages = [("prepare", None)] + [("defend_and_attack", d) for d in defenses] + [("report", None)]
     for job_name, partition in stages:
@@ -102,18 +149,24 @@ def cmd_run(args) -> int:
         print(f"privface: running {label} ...", file=sys.stderr, flush=True)
         result = defs.resolve_job_def(job_name).execute_in_process(
             instance=instance, partition_key=partition, run_config=log_config, raise_on_error=False,
-            tags={"privface/trigger": "cli", "privface/profile": args.profile})
+            tags={"privface/trigger": "cli", "privface/profile": args.profile, "privface/session": session})
+        write_run_log(instance, result.run_id, log, label)
+        if _interrupted(result):
+            return 130   # the supervisor reports it and closes the runs
+        if job_name == "prepare":
+            for note in _dataset_notes(result):
+                print(note, file=sys.stderr)
         refusal = _gate_refusal(result)
         if refusal:
             print(f"privface: the promotion gate passed no candidate; no champion alias moved:\n{refusal}",
                   file=sys.stderr)
         elif not result.success:
-            print(f"privface: {label} failed (Dagster run {result.run_id}); see the log above or `make ui`",
-                  file=sys.stderr)
+            where, lines, refused = failure_lines(result)
+            footer = (f"nothing stored was changed; full log: {log}" if refused else f"full log: {log}")
+            print(block(f"{label} {'refused the input' if refused else 'failed'} at {where} "
+                        f"(Dagster run {result.run_id[:8]})", lines, footer), file=sys.stderr)
             return 1
     report = settings.reports_dir()
-    import json
-
     metrics = json.loads((report / "metrics.json").read_text())
     _print_table(metrics)
     tracking = defs.resources["mlflow_tracking"].resolved_uri()
@@ -121,15 +174,39 @@ def cmd_run(args) -> int:
     print(f"metrics:      {report / 'metrics.json'}")
     print(f"mlflow store: {tracking}")
     print(f"dagster home: {home}")
+    print(f"log:          {log}")
     print(f"elapsed:      {(time.time() - started) / 60:.1f} min")
     return 0
 
 
+def cmd_run(args) -> int:
+    if os.environ.get(CHILD_ENV):
+        try:
+            return run_stages(args)
+        except KeyboardInterrupt:   # between two Dagster runs: nothing to close here
+            return 130
+    from pipelines.precheck import InputProblem, precheck
+    from pipelines.supervisor import supervise
+
+    try:
+        settings = precheck(args, _settings)
+    except InputProblem as problem:
+        print(block(problem.title, problem.lines, "nothing was run and nothing stored was changed"), file=sys.stderr)
+        return 2
+    return supervise(args, settings)
+
+
 def cmd_generate(args) -> int:
-    from components.config import load_params, resolve_path
+    from components.config import ParamsError, load_params, resolve_path
     from components.data.synthetic import SyntheticConfig, write_dataset
 
-    params = load_params(PROJECT_ROOT / "params.yaml", args.profile)
+    path = Path(args.params).resolve() if args.params else PROJECT_ROOT / "params.yaml"
+    try:
+        params = load_params(path, args.profile)
+    except ParamsError as err:
+        print(block("the params file cannot be used", [("file", err.path), *(("problem", p) for p in err.problems),
+                                                        ("fix", err.hint)]), file=sys.stderr)
+        return 2
     root = resolve_path(params["data"]["dir"], PROJECT_ROOT)
     if root.exists() and any(root.iterdir()):
         print(f"privface: {root} exists; left as it is")
@@ -144,18 +221,23 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="materialize the whole graph through Dagster and print the table")
-    run.add_argument("--profile", default="demo", choices=["ci", "demo", "paper"])
+    run.add_argument("--profile", default="demo", help="a profile of params.yaml (ci, demo, paper)")
     run.add_argument("--data-dir", help="a folder of identity sub-folders (default: the profile's dataset)")
     run.add_argument("--defenses", help="comma list of defenses (default: the profile's run list)")
     run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     run.add_argument("--workdir", help="where stores and checkpoints go (default: params' workdir)")
     run.add_argument("--reports-dir", help="where metrics.json and report.html go (default: reports/)")
-    run.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.add_argument("--params", help="the params file (default: the project's params.yaml)")
+    run.add_argument("--verbose", action="store_true", help="Dagster's event log on the console too")
+    run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                     help="level of Dagster's console log (implies --verbose)")
     run.set_defaults(func=cmd_run)
     gen = sub.add_parser("generate", help="write the synthetic dataset of a profile if it is missing")
-    gen.add_argument("--profile", default="demo", choices=["ci", "demo", "paper"])
+    gen.add_argument("--profile", default="demo")
+    gen.add_argument("--params", help="the params file (default: the project's params.yaml)")
     gen.set_defaults(func=cmd_generate)
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)   # the supervised child gets the same command
     return args.func(args)
 
 

@@ -3,7 +3,8 @@
 Resources come from environment variables so that the UI, the CLI and the tests build
 the same graph: PRIVFACE_PROFILE (ci | demo | paper), PRIVFACE_DATA_DIR (a folder of
 identity sub-folders), PRIVFACE_DEFENSES (comma list), PRIVFACE_WORKDIR,
-PRIVFACE_REPORTS_DIR, MLFLOW_TRACKING_URI, PRIVFACE_DEVICE (auto | cpu | cuda)."""
+PRIVFACE_REPORTS_DIR, MLFLOW_TRACKING_URI, PRIVFACE_DEVICE (auto | cpu | cuda),
+PRIVFACE_PARAMS (another params file than the project's params.yaml)."""
 
 from __future__ import annotations
 
@@ -21,31 +22,11 @@ from pipelines.assets.report_assets import privacy_utility_report  # noqa: E402
 from pipelines.assets.sweep_assets import defense_sweep  # noqa: E402
 from pipelines.automation import data_change_sensor, weekly_retraining  # noqa: E402
 from pipelines.checks import ALL_CHECKS  # noqa: E402
-from pipelines.io_manager import PrivfaceIOManager  # noqa: E402
 from pipelines.jobs import ALL_JOBS  # noqa: E402
-from pipelines.resources import PROJECT_ROOT, ComputeResource, MLflowResource, PrivfaceSettings  # noqa: E402
+from pipelines.resources import PROJECT_ROOT, build_resources  # noqa: E402
 
 ASSETS = [face_dataset, dataset_splits, baseline_fr_model, evaluation_fr_model, protected_system, defense_sweep,
           attack_results, privacy_utility_report, promotion_candidates, registered_model]
-
-
-def build_resources(profile: str = "demo", data_dir: str = "", defenses: str = "", workdir: str = "",
-                    reports_dir: str = "", mlflow_uri: str = "", device: str = "auto",
-                    progress: bool = True, overrides: str = "") -> dict:
-    """The resources of one configuration (tests pass temp dirs here)."""
-    settings = PrivfaceSettings(profile=profile, data_dir=data_dir, defenses=defenses,
-                                workdir_override=workdir, reports_override=reports_dir, progress=progress,
-                                overrides=overrides)
-    params = settings.params()
-    store = settings.workdir() / "store"
-    return {
-        "settings": settings,
-        "compute": ComputeResource(preference=device, threads=int(params.get("threads", 0))),
-        "mlflow_tracking": MLflowResource(tracking_uri=mlflow_uri or params["mlflow"]["tracking_uri"],
-                                          artifact_root="" if mlflow_uri else params["mlflow"]["artifact_root"],
-                                          experiment=params["mlflow"]["experiment"]),
-        "io_manager": PrivfaceIOManager(base_dir=str(store)),
-    }
 
 
 def build_definitions(**resource_kwargs) -> dg.Definitions:
@@ -62,5 +43,6 @@ defs = build_definitions(
     reports_dir=os.environ.get("PRIVFACE_REPORTS_DIR", ""),
     mlflow_uri=os.environ.get("MLFLOW_TRACKING_URI", ""),
     device=os.environ.get("PRIVFACE_DEVICE", "auto"),
+    params_path=os.environ.get("PRIVFACE_PARAMS", ""),
 )
 __all__ = ["defs", "build_definitions", "build_resources", "ASSETS", "PROJECT_ROOT"]

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import yaml
 from pydantic import PrivateAttr
 
 from components.config import deep_merge, load_params, resolve_path
+from pipelines.io_manager import PrivfaceIOManager
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,10 +37,13 @@ class PrivfaceSettings(dg.ConfigurableResource):
         overrides = json.loads(self.overrides) if self.overrides else {}
         if self.data_dir:
             d = Path(self.data_dir).expanduser().resolve()
-            # a user's folder gets its own store and reports, beside the profile's dataset
+            # a user's folder gets its own store and reports, keyed by its full path: two
+            # folders of one base name (data/a/faces, data/b/faces) never share them
+            key = dataset_key(d)
+            base = load_params(self.params_path, self.profile, validate=False)
             overrides = deep_merge(overrides, {"data": {"source": "folder", "dir": str(d), "name": d.name},
-                                               "workdir": f"artifacts/{self.profile}-{d.name}",
-                                               "reports_dir": f"reports/{d.name}"})
+                                               "workdir": f"{base['workdir'].rstrip('/')}-{key}",
+                                               "reports_dir": f"{base['reports_dir'].rstrip('/')}/{key}"})
         if self.defenses:
             overrides["defenses"] = [x.strip() for x in self.defenses.split(",") if x.strip()]
         return load_params(self.params_path, self.profile, overrides)
@@ -51,6 +56,27 @@ class PrivfaceSettings(dg.ConfigurableResource):
 
     def reports_dir(self) -> Path:
         return self.path(self.reports_override or self.params()["reports_dir"])
+
+    def dataset_key(self) -> str:
+        """Who the data is: the user's folder by its full path, else the profile's dataset name."""
+        if self.data_dir:
+            return dataset_key(Path(self.data_dir).expanduser().resolve())
+        return _safe(self.params()["data"]["name"])
+
+    def registered_model(self, defense: str) -> str:
+        """The registry name of a defense's models on this dataset: a champion is only ever
+        compared with versions trained on the same data."""
+        return f"{self.params()['mlflow']['registered_model_prefix']}-{self.dataset_key()}-{defense}"
+
+
+def _safe(name: str) -> str:
+    """A name usable in paths and in MLflow model URIs (models:/<name>@alias)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "data"
+
+
+def dataset_key(folder: Path) -> str:
+    """`<base name>-<8 hex of the full path>`: readable, and distinct for same-named folders."""
+    return f"{_safe(folder.name)}-{hashlib.sha256(str(folder).encode()).hexdigest()[:8]}"
 
 
 class ComputeResource(dg.ConfigurableResource):
@@ -198,7 +224,8 @@ class MLflowResource(dg.ConfigurableResource):
     @contextlib.contextmanager
     def run(self, context: dg.AssetExecutionContext, asset: str, tags: dict | None = None):
         """The MLflow run of this (Dagster run, asset, partition); reused if it exists, so a
-        retried step never duplicates it. Marked FAILED when the body raises."""
+        retried step never duplicates it. Marked FAILED when the body raises, KILLED when it
+        is interrupted (the `privface` command also closes runs its interrupt left RUNNING)."""
         import mlflow
 
         client = self.client()
@@ -216,9 +243,15 @@ class MLflowResource(dg.ConfigurableResource):
         else:
             active = _retry(lambda: mlflow.start_run(experiment_id=exp.experiment_id, run_name=run_name,
                                                      tags=all_tags))
-        with active as r:
-            _retry(lambda: mlflow.set_tags(all_tags))
-            yield r
+        try:
+            with active as r:
+                _retry(lambda: mlflow.set_tags(all_tags))
+                yield r
+        except BaseException as exc:
+            if not isinstance(exc, Exception):   # Ctrl-C / SIGTERM (Dagster's interrupt): KILLED, not FAILED
+                with contextlib.suppress(Exception):
+                    _retry(lambda: client.set_terminated(active.info.run_id, "KILLED"), attempts=3)
+            raise
 
     def register(self, name: str, model_uri: str, run_id: str, content_hash: str, tags: dict) -> str:
         """The registered version for this content; created only if no version holds it.
@@ -259,3 +292,22 @@ def content_hash(state: dict) -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.numpy().tobytes())
     return h.hexdigest()
+
+
+def build_resources(profile: str = "demo", data_dir: str = "", defenses: str = "", workdir: str = "",
+                    reports_dir: str = "", mlflow_uri: str = "", device: str = "auto",
+                    progress: bool = True, overrides: str = "", params_path: str = "") -> dict:
+    """The resources of one configuration (tests pass temp dirs here)."""
+    settings = PrivfaceSettings(profile=profile, data_dir=data_dir, defenses=defenses,
+                                workdir_override=workdir, reports_override=reports_dir, progress=progress,
+                                overrides=overrides, **({"params_path": params_path} if params_path else {}))
+    params = settings.params()
+    store = settings.workdir() / "store"
+    return {
+        "settings": settings,
+        "compute": ComputeResource(preference=device, threads=int(params.get("threads", 0))),
+        "mlflow_tracking": MLflowResource(tracking_uri=mlflow_uri or params["mlflow"]["tracking_uri"],
+                                          artifact_root="" if mlflow_uri else params["mlflow"]["artifact_root"],
+                                          experiment=params["mlflow"]["experiment"]),
+        "io_manager": PrivfaceIOManager(base_dir=str(store)),
+    }

@@ -49,6 +49,7 @@ no images of the victims and no model weights.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
 import math
 import os
 import warnings
@@ -73,18 +74,21 @@ from components.metrics.embeddings import extract_features
 
 __all__ = ["ATTACK", "DEFAULTS", "AttributeInference", "leakage_measures", "probe_attribute", "templates"]
 
-DEFAULTS: dict = {
-    "hidden": [64],                  # MLP hidden layer sizes
-    "alpha": 1e-3,                   # L2 penalty of the MLP
-    "max_iter": 300,                 # Adam epochs (upper bound; sklearn stops early on a plateau)
-    "lr": 1e-3,                      # Adam learning rate
-    "folds": 5,                      # identity-disjoint outer folds (fewer if an attribute value has fewer identities)
-    "calibrate": True,               # fit a softmax temperature on an inner identity-disjoint split
-    "max_images_per_identity": 0,    # 0 = all; else a seeded subset per identity (cost knob)
-    "flip": True,                    # flip-average templates
-    "batch_size": 256,
-    "n_jobs": 0,                     # worker processes for the folds (0 = one per CPU core); same result
-}
+@dataclass
+class AttributeInferenceConfig:
+    hidden: list[int] = field(default_factory=lambda: [64])   # MLP hidden layer sizes
+    alpha: float = 1e-3   # L2 penalty of the MLP
+    max_iter: int = 300   # Adam epochs (upper bound; sklearn stops early on a plateau)
+    lr: float = 1e-3   # Adam learning rate
+    folds: int = 5   # identity-disjoint outer folds (fewer if an attribute value has fewer identities)
+    calibrate: bool = True   # fit a softmax temperature on an inner identity-disjoint split
+    max_images_per_identity: int = 0   # 0 = all; else a seeded subset per identity (cost knob)
+    flip: bool = True   # flip-average templates
+    batch_size: int = 256
+    n_jobs: int = 0   # worker processes for the folds (0 = one per CPU core); same result
+
+
+DEFAULTS: dict = asdict(AttributeInferenceConfig())   # the plain dict the attack merges its params over
 
 _P_FLOOR = 1e-6   # probabilities are floored here (then renormalised): cross-entropy stays finite
 
@@ -208,6 +212,7 @@ def probe_attribute(z: np.ndarray, labels, groups: np.ndarray, p: dict, seed: in
 
 
 class AttributeInference:
+    config_class = AttributeInferenceConfig   # its params block (params.yaml's schema reads it)
     name = "attribute_inference"
 
     def applies_to(self, system: ProtectedSystem) -> str | None:

@@ -65,6 +65,7 @@ numbers only, no images.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -81,13 +82,16 @@ from components.metrics.plots import roc_plot
 __all__ = ["ATTACK", "DEFAULTS", "MembershipInference", "identity_signals", "membership_measures",
            "tpr_at_fpr"]
 
-DEFAULTS: dict = {
-    "score": "auto",                 # auto | combined | template | confidence
-    "target_fpr": 1e-2,              # the low-FPR operating point (measure key stays tpr_at_fpr_1e-2)
-    "max_images_per_identity": 0,    # 0 = all; else a seeded subset per identity (cost knob)
-    "flip": True,                    # flip-average templates and logits (insightface protocol)
-    "batch_size": 256,
-}
+@dataclass
+class MembershipInferenceConfig:
+    score: str = "auto"   # auto | combined | template | confidence
+    target_fpr: float = 1e-2   # the low-FPR operating point (measure key stays tpr_at_fpr_1e-2)
+    max_images_per_identity: int = 0   # 0 = all; else a seeded subset per identity (cost knob)
+    flip: bool = True   # flip-average templates and logits (insightface protocol)
+    batch_size: int = 256
+
+
+DEFAULTS: dict = asdict(MembershipInferenceConfig())   # the plain dict the attack merges its params over
 
 SCORES = ("auto", "combined", "template", "confidence")
 MEMBER_SPLIT, NON_MEMBER_SPLIT, CALIBRATION_SPLIT = "train", "test", "public"
@@ -167,6 +171,7 @@ def _select_rows(manifest: pd.DataFrame, splits: tuple[str, ...], cap: int, seed
 
 
 class MembershipInference:
+    config_class = MembershipInferenceConfig   # its params block (params.yaml's schema reads it)
     name = "membership_inference"
 
     def applies_to(self, system: ProtectedSystem) -> str | None:

@@ -51,6 +51,7 @@ AdvFace) and judged afresh; the reuse is recorded in the strength (`shared_from`
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,21 +67,24 @@ from components.metrics.embeddings import to_model_tensor
 
 __all__ = ["ATTACK", "DEFAULTS", "ModelInversion", "invert", "judge", "total_variation"]
 
-DEFAULTS: dict = {
-    "targets": "all",      # "all" or an int: a seeded subset of the training identities
-    "steps": 100,          # Adam steps (200 measured no better on the world or the demo)
-    "lr": 0.1,
-    "scale": 8.0,          # s in CE(s * cos): the logit scale of the inversion loss
-    "init": "noise",       # noise | mean_face (mean of the public faces)
-    "restarts": 1,         # inversions per target; the attacked model picks the best
-    "tv": 0.05,            # total-variation weight
-    "l2": 0.01,            # L2 weight (mean squared pixel)
-    "bn": 0.01,            # DeepInversion BatchNorm-statistics weight (0 = off)
-    "jitter": 2,           # max random roll in pixels per step (0 = off)
-    "flip": True,          # random horizontal flip per step
-    "batch_size": 256,     # images per optimisation batch (targets * restarts are chunked)
-    "save_grid": False,    # write a PNG grid of the inversions (synthesised images only)
-}
+@dataclass
+class ModelInversionConfig:
+    targets: str | int = "all"   # "all" or an int: a seeded subset of the training identities
+    steps: int = 100   # Adam steps (200 measured no better on the world or the demo)
+    lr: float = 0.1
+    scale: float = 8.0   # s in CE(s * cos): the logit scale of the inversion loss
+    init: str = "noise"   # noise | mean_face (mean of the public faces)
+    restarts: int = 1   # inversions per target; the attacked model picks the best
+    tv: float = 0.05   # total-variation weight
+    l2: float = 0.01   # L2 weight (mean squared pixel)
+    bn: float = 0.01   # DeepInversion BatchNorm-statistics weight (0 = off)
+    jitter: int = 2   # max random roll in pixels per step (0 = off)
+    flip: bool = True   # random horizontal flip per step
+    batch_size: int = 256   # images per optimisation batch (targets * restarts are chunked)
+    save_grid: bool = False   # write a PNG grid of the inversions (synthesised images only)
+
+
+DEFAULTS: dict = asdict(ModelInversionConfig())   # the plain dict the attack merges its params over
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
@@ -227,6 +231,7 @@ def _save_grid(images: torch.Tensor, path: Path, ncol: int = 10) -> Path:
 
 class ModelInversion:
     """White-box inversion of the attacked system's training classifier (see module doc)."""
+    config_class = ModelInversionConfig   # its params block (params.yaml's schema reads it)
 
     name = "model_inversion"
 

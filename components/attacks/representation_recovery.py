@@ -133,6 +133,7 @@ class RecoveryUNet(nn.Module):
 
 
 class RepresentationRecovery:
+    config_class = RepresentationRecoveryConfig   # its params block (params.yaml's schema reads it)
     name = "representation_recovery"
 
     def applies_to(self, system: ProtectedSystem) -> str | None:

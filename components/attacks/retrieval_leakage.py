@@ -78,6 +78,7 @@ def hit_rates(nearest: np.ndarray) -> tuple[float, float]:
 
 
 class RetrievalLeakage:
+    config_class = RetrievalConfig   # its params block (params.yaml's schema reads it)
     name = "retrieval_leakage"
 
     def applies_to(self, system: ProtectedSystem) -> str | None:

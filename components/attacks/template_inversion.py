@@ -171,6 +171,7 @@ def _identity_loss(system: ProtectedSystem, recon: torch.Tensor, target: torch.T
 
 
 class TemplateInversion:
+    config_class = TemplateInversionConfig   # its params block (params.yaml's schema reads it)
     name = "template_inversion"
 
     def applies_to(self, system: ProtectedSystem) -> str | None:

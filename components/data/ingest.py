@@ -24,7 +24,14 @@ Canonicalisation (one fixed recipe, also folded into the dataset version):
 The loader is a pure function: it reads, never writes. On bad input it fails fast with
 a :class:`DataError` naming the file or folder, checking in a deterministic order:
 root, then folder structure (identities in natural order), then ``attributes.csv``,
-then the image files one by one in natural order.
+then the image files one by one in natural order, then duplicates.
+
+Real databases are messy, so the loader accepts what cannot bias the evaluation and
+refuses what would: operating-system litter (``Thumbs.db``, ``desktop.ini``,
+``.DS_Store``, ``__MACOSX/``, any dot-file) is skipped and listed in ``ignored``; the same
+photo twice within one identity (equal canonical pixels) is kept once, the later copies
+listed in ``duplicates``; the same photo under two identities is refused, naming both files,
+since no identity-disjoint split could hold it.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import io
 import json
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +72,10 @@ class FaceDataset:
     manifest: pd.DataFrame  # one row per image, row i describes images[i]
     name: str
     version: str  # content hash of the dataset, first 12 hex chars
+    # exact duplicates within an identity that were dropped: {identity_name, kept, dropped} (paths
+    # relative to the root), and the operating-system litter that was skipped (relative paths)
+    duplicates: list[dict] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -84,8 +95,15 @@ def natural_key(name: str) -> tuple:
     return tuple(int(p) if i % 2 else p for i, p in enumerate(parts)), name
 
 
+# Files and folders that operating systems, archivers and NAS boxes leave beside photos
+# (compared case-insensitively); dot-files (.DS_Store, AppleDouble "._x.jpg") are skipped too.
+OS_LITTER = frozenset({"thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini", "__macosx", "@eadir",
+                       "$recycle.bin", "system volume information", "icon\r"})
+
+
 def _hidden(p: Path) -> bool:
-    return p.name.startswith(".")
+    """Not data: a dot-file or operating-system litter."""
+    return p.name.startswith(".") or p.name.lower() in OS_LITTER
 
 
 # --------------------------------------------------------------------------- images
@@ -253,41 +271,55 @@ def _read_attributes(path: Path, identity_names: list[str]) -> tuple[list[str], 
 # --------------------------------------------------------------------------- loader
 
 
-def _scan(root: Path) -> list[tuple[str, list[Path]]]:
-    """Folder-structure pass: [(identity_name, [files in natural order])] in natural order."""
+def scan_folder(root: str | Path, ignored: list[str] | None = None) -> list[tuple[str, list[Path]]]:
+    """Folder-structure pass: [(identity_name, [files in natural order])] in natural order.
+    Cheap (no image is opened), so the CLI runs it before any pipeline work. Skipped litter
+    is appended to `ignored` (paths relative to `root`) when a list is given."""
+    root = Path(root)
     if not root.exists():
-        raise DataError(root, "dataset root does not exist")
+        raise DataError(root, "dataset root does not exist", hint="check the --data-dir path")
     if not root.is_dir():
-        raise DataError(root, "dataset root is not a directory")
+        raise DataError(root, "dataset root is not a directory",
+                        hint="point --data-dir at a folder with one sub-folder per identity")
+    skipped = ignored if ignored is not None else []
     try:
         entries = list(root.iterdir())
     except OSError as e:
         raise DataError(root, f"cannot list folder: {e.strerror or e}") from e
+    skipped += sorted(p.name for p in entries if p.is_dir() and _hidden(p))
     dirs = sorted((p for p in entries if p.is_dir() and not _hidden(p)), key=lambda p: natural_key(p.name))
     if not dirs:
-        raise DataError(root, "no identity folders (expected one sub-folder of images per identity)")
+        raise DataError(root, "no identity folders (expected one sub-folder of images per identity)",
+                        hint="put each person's photos in a sub-folder named after them")
     out = []
     for d in dirs:
         try:
-            children = sorted((p for p in d.iterdir() if not _hidden(p)), key=lambda p: natural_key(p.name))
+            listing = list(d.iterdir())
         except OSError as e:
             raise DataError(d, f"cannot list folder: {e.strerror or e}") from e
+        skipped += sorted(p.relative_to(root).as_posix() for p in listing if _hidden(p))
+        children = sorted((p for p in listing if not _hidden(p)), key=lambda p: natural_key(p.name))
         for c in children:
             if c.is_dir():
-                raise DataError(c, "unexpected sub-folder inside an identity folder (expected image files only)")
+                raise DataError(c, "unexpected sub-folder inside an identity folder (expected image files only)",
+                                hint="move its images into the identity folder or out of the dataset")
         if not children:
-            raise DataError(d, "no images")
+            raise DataError(d, "no images", hint="remove the empty folder or add at least 2 photos")
         if len(children) == 1:
-            raise DataError(d, "only 1 image; at least 2 are needed for verification")
+            raise DataError(d, "only 1 image; at least 2 are needed for verification",
+                            hint="add a second photo of this person or remove the folder")
         out.append((d.name, children))
     return out
 
 
-def _version(size: int, rows: list[tuple[str, str, str]], attr_cols: list[str], attrs: dict) -> str:
+def _version(size: int, rows: list[tuple[str, str, str]], attr_cols: list[str], attrs: dict,
+             dropped: list[str] = ()) -> str:
     h = hashlib.sha256()
     h.update(f"{CANON_RECIPE}|size={size}\n".encode())
     for rel, ident, fhash in sorted(rows):
         h.update(f"{rel}\t{ident}\t{fhash}\n".encode())
+    for rel in sorted(dropped):   # a dropped duplicate is still part of what was read
+        h.update(f"dropped\t{rel}\n".encode())
     if attr_cols:
         h.update(("attributes\t" + "\t".join(attr_cols) + "\n").encode())
         for ident in sorted(attrs):
@@ -302,12 +334,13 @@ def load_image_folder(
 
     Identities are naturally sorted by folder name and numbered 0..K-1 in that order;
     images within a folder are naturally sorted by file name. See the module docstring
-    for the canonicalisation recipe (BICUBIC resize) and error behaviour."""
+    for the canonicalisation recipe (BICUBIC resize), duplicates, litter and errors."""
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise ValueError(f"size must be a positive int, got {size!r}")
     size = int(size)
     root = Path(root)
-    identities = _scan(root)
+    ignored: list[str] = []
+    identities = scan_folder(root, ignored)
     names = [n for n, _ in identities]
 
     attr_cols: list[str] = []
@@ -317,42 +350,98 @@ def load_image_folder(
         attr_cols, attrs = _read_attributes(attr_path, names)
 
     total = sum(len(files) for _, files in identities)
-    images = np.empty((total, size, size, 3), dtype=np.uint8)
-    records = []
+    decoded: list[tuple[int, str, Path, np.ndarray, str, str]] = []   # ident, name, file, pixels, content, file hash
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, desc=f"ingest {name or root.name}", unit="img", disable=not progress, leave=False)
     try:
-        i = 0
         for ident, (ident_name, files) in enumerate(identities):
             for f in files:
                 arr, fhash = decode_image(f, size)
-                images[i] = arr
-                rec = {
-                    "index": i,
-                    "path": f.relative_to(root).as_posix(),
-                    "identity": ident,
-                    "identity_name": ident_name,
-                    "content_hash": content_hash(arr),
-                    "file_hash": fhash,
-                    "height": size,
-                    "width": size,
-                    "channels": 3,
-                    "pixel_min": int(arr.min()),
-                    "pixel_max": int(arr.max()),
-                    "identity_images": len(files),
-                }
-                for c in attr_cols:
-                    rec[c] = attrs[ident_name][c]
-                records.append(rec)
-                i += 1
+                decoded.append((ident, ident_name, f, arr, content_hash(arr), fhash))
                 bar.update(1)
     finally:
         bar.close()
 
+    kept, duplicates = _drop_duplicates(decoded, root)
+    _refuse_cross_identity(kept)
+    counts = {}
+    for ident, *_ in kept:
+        counts[ident] = counts.get(ident, 0) + 1
+    for ident, ident_name, f, *_ in kept:
+        if counts[ident] < 2:
+            dropped = [d["dropped"] for d in duplicates if d["identity_name"] == ident_name]
+            raise DataError(f.parent, f"only 1 distinct image: {', '.join(dropped)} "
+                                      f"{'is' if len(dropped) == 1 else 'are'} the same photo as "
+                                      f"{f.relative_to(root).as_posix()}; at least 2 are needed for verification",
+                            hint="add another photo of this person or remove the folder")
+
+    images = np.empty((len(kept), size, size, 3), dtype=np.uint8)
+    records = []
+    for i, (ident, ident_name, f, arr, chash, fhash) in enumerate(kept):
+        images[i] = arr
+        rec = {
+            "index": i,
+            "path": f.relative_to(root).as_posix(),
+            "identity": ident,
+            "identity_name": ident_name,
+            "content_hash": chash,
+            "file_hash": fhash,
+            "height": size,
+            "width": size,
+            "channels": 3,
+            "pixel_min": int(arr.min()),
+            "pixel_max": int(arr.max()),
+            "identity_images": counts[ident],
+        }
+        for c in attr_cols:
+            rec[c] = attrs[ident_name][c]
+        records.append(rec)
+
     manifest = _manifest_frame(records, attr_cols)
-    version = _version(size, [(r["path"], r["identity_name"], r["file_hash"]) for r in records], attr_cols, attrs)
-    return FaceDataset(images=images, manifest=manifest, name=name or root.name, version=version)
+    version = _version(size, [(r["path"], r["identity_name"], r["file_hash"]) for r in records], attr_cols, attrs,
+                       dropped=[d["dropped"] for d in duplicates])
+    return FaceDataset(images=images, manifest=manifest, name=name or root.name, version=version,
+                       duplicates=duplicates, ignored=ignored)
+
+
+def _drop_duplicates(decoded: list[tuple], root: Path) -> tuple[list[tuple], list[dict]]:
+    """Keep one of each set of equal images within one identity: the shortest file name
+    (then natural order), so "4.pgm" stays and "4 (copy).pgm" goes. Equal means equal
+    canonical pixels, so one photo saved under two names, or as PNG and BMP, counts once: a
+    copy would enter both sides of a genuine verification pair."""
+    groups: dict[tuple, list[tuple]] = {}
+    for row in decoded:
+        groups.setdefault((row[0], row[4]), []).append(row)
+    keeper = {key: min(rows, key=lambda r: (len(r[2].name), natural_key(r[2].name)))[2]
+              for key, rows in groups.items()}
+    kept, duplicates = [], []
+    for row in decoded:
+        ident, ident_name, f, _, chash, _ = row
+        chosen = keeper[ident, chash]
+        if f == chosen:
+            kept.append(row)
+        else:
+            duplicates.append({"identity_name": ident_name, "kept": chosen.relative_to(root).as_posix(),
+                               "dropped": f.relative_to(root).as_posix()})
+    return kept, duplicates
+
+
+def _refuse_cross_identity(kept: list[tuple]) -> None:
+    """The same image under two identities: a labelling error that would put one photo on
+    both sides of the identity-disjoint split (and make an impostor pair of a photo with itself)."""
+    owner: dict[str, tuple] = {}
+    clashes = []
+    for row in kept:
+        ident, chash = row[0], row[4]
+        if chash in owner and owner[chash][0] != ident:
+            clashes.append((owner[chash], row))
+        owner.setdefault(chash, row)
+    if clashes:
+        (_, name_a, file_a, *_), (_, name_b, file_b, *_) = clashes[0]
+        more = f" ({len(clashes)} such images in all; the first is named)" if len(clashes) > 1 else ""
+        raise DataError(file_b, f"same photo as {file_a} (identity {name_b!r} and identity {name_a!r}){more}",
+                        hint="a photo belongs to one person: remove it from the wrong identity's folder")
 
 
 def _manifest_frame(records: list[dict], attr_cols: list[str]) -> pd.DataFrame:
@@ -418,6 +507,8 @@ def save_dataset(ds: FaceDataset, path: str | Path) -> Path:
         "images_sha256": _sha256_file(path / img_name),
         "manifest_file": man_name,
         "manifest_sha256": _sha256_file(path / man_name),
+        "duplicates": list(ds.duplicates),
+        "ignored": list(ds.ignored),
     }
     payload = (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()
     atomic_write(path / _STORE_META, lambda fh: fh.write(payload))
@@ -464,4 +555,5 @@ def load_dataset(path: str | Path) -> FaceDataset:
         raise DataError(path, f"cannot be read as a dataset store: {e}") from e
     if len(manifest) != images.shape[0]:
         raise DataError(path, f"manifest has {len(manifest)} rows but there are {images.shape[0]} images")
-    return FaceDataset(images=images, manifest=manifest, name=meta["name"], version=meta["version"])
+    return FaceDataset(images=images, manifest=manifest, name=meta["name"], version=meta["version"],
+                       duplicates=list(meta.get("duplicates", [])), ignored=list(meta.get("ignored", [])))

@@ -33,6 +33,18 @@ class QualityReport:
     def failed(self) -> list[dict]:
         return [r for r in self.results if not r["success"]]
 
+    def problems(self) -> list[str]:
+        """One line per failed expectation, in words first, then GX's own observation."""
+        out = []
+        for r in self.failed():
+            plain = PLAIN.get((r["expectation"], r["column"]))
+            if plain is None and r["expectation"] == "expect_column_values_to_be_in_set":
+                plain = f"attribute {r['column']!r} has a value outside data.attribute_values"
+            if plain is None and r["expectation"] == "expect_column_values_to_not_be_null":
+                plain = f"attribute {r['column']!r} is missing for some images"
+            out.append(f"{plain or r['expectation']} ({r['expectation']} on {r['column']}: {r['observed']})")
+        return out
+
     def summary(self) -> str:
         lines = [f"quality suite: {'PASSED' if self.success else 'FAILED'} "
                  f"({sum(r['success'] for r in self.results)}/{len(self.results)} expectations met)"]
@@ -42,8 +54,19 @@ class QualityReport:
         return "\n".join(lines)
 
 
+# What a failed expectation means for the user, in words (the CLI prints these)
+PLAIN = {
+    ("expect_column_values_to_be_between", "height"): "images are not of the profile's size",
+    ("expect_column_values_to_be_between", "width"): "images are not of the profile's size",
+    ("expect_column_values_to_be_in_set", "channels"): "images are not RGB",
+    ("expect_column_values_to_be_between", "identity_images"): "an identity has fewer than 2 images",
+    ("expect_column_values_to_be_unique", "content_hash"): "the same image appears twice",
+    ("expect_column_unique_value_count_to_be_between", "identity"): "too few identities",
+}
+
+
 def _expectations(manifest: pd.DataFrame, image_size: int, min_identities: int,
-                  attribute_values: dict[str, list[str]] | None):
+                  attribute_values: dict[str, list[str]] | None, notes: list[str] | None = None):
     import great_expectations.expectations as gxe
 
     exps = [
@@ -54,7 +77,8 @@ def _expectations(manifest: pd.DataFrame, image_size: int, min_identities: int,
         gxe.ExpectColumnValuesToBeBetween(column="pixel_max", min_value=0, max_value=255),
         gxe.ExpectColumnPairValuesAToBeGreaterThanB(column_A="pixel_max", column_B="pixel_min", or_equal=True),
         gxe.ExpectColumnValuesToBeBetween(column="identity_images", min_value=2),
-        gxe.ExpectColumnValuesToBeUnique(column="content_hash"),
+        # notes render under the expectation in Data Docs: what ingestion kept once
+        gxe.ExpectColumnValuesToBeUnique(column="content_hash", notes=list(notes) if notes else None),
         gxe.ExpectColumnUniqueValueCountToBeBetween(column="identity", min_value=min_identities),
         gxe.ExpectColumnValuesToNotBeNull(column="identity_name"),
     ]
@@ -101,14 +125,16 @@ def _column_of(cfg) -> str | None:
 
 def run_quality_suite(manifest: pd.DataFrame, image_size: int, min_identities: int = 2,
                       attribute_values: dict[str, list[str]] | None = None,
-                      docs_dir: str | Path | None = None) -> QualityReport:
+                      docs_dir: str | Path | None = None, notes: list[str] | None = None) -> QualityReport:
     """Run the manifest expectation suite; never raises for failed expectations (see .success).
 
     Expectations: height/width == image_size, channels == 3, pixel_min/pixel_max in [0, 255]
     and pixel_max >= pixel_min, identity_images >= 2, content_hash unique, at least
     ``min_identities`` distinct identities, identity_name not null, and for every attribute
     column (undeclared manifest column, plus each key of ``attribute_values``) not null and,
-    when ``attribute_values`` names it, values in the allowed set.
+    when ``attribute_values`` names it, values in the allowed set. ``notes`` (markdown
+    lines, e.g. the duplicates that ingestion dropped) are shown under the uniqueness
+    expectation in Data Docs.
 
     With ``docs_dir``, a file-backed GX project is created (or reused) with ``docs_dir`` as
     project root (GX files under ``docs_dir/gx``) and Data Docs are built; ``docs_index`` is
@@ -142,8 +168,8 @@ def run_quality_suite(manifest: pd.DataFrame, image_size: int, min_identities: i
         batch_def = asset.add_batch_definition_whole_dataframe(BATCH_NAME)
 
     suite = gx.ExpectationSuite(
-        name=SUITE_NAME,
-        expectations=_expectations(manifest, int(image_size), int(min_identities), attribute_values),
+        name=SUITE_NAME, notes=list(notes) if notes else None,
+        expectations=_expectations(manifest, int(image_size), int(min_identities), attribute_values, notes),
     )
     suite = ctx.suites.add_or_update(suite)
     vd = ctx.validation_definitions.add_or_update(

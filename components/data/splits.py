@@ -51,6 +51,20 @@ def _split_counts(n: int, fractions: dict[str, float]) -> dict[str, int]:
     return counts
 
 
+def split_sizes(k: int, fractions: dict[str, float]) -> dict[str, int]:
+    """Identities per split for k identities; ValueError when a split would get fewer than
+    MIN_IDENTITIES_PER_SPLIT (checked before ingestion too: it needs only the folder count)."""
+    counts = _split_counts(k, {s: float(f) for s, f in fractions.items()})
+    small = {s: c for s, c in counts.items() if c < MIN_IDENTITIES_PER_SPLIT}
+    if small:
+        detail = ", ".join(f"{s!r} would get {c} (fraction {fractions[s]} of {k})" for s, c in small.items())
+        raise ValueError(
+            f"each split needs at least {MIN_IDENTITIES_PER_SPLIT} identities: {detail}; "
+            f"adjust the fractions or use a dataset with more identities"
+        )
+    return counts
+
+
 def assign_splits(manifest: pd.DataFrame, fractions: dict[str, float], seed: int) -> pd.DataFrame:
     """Copy of manifest with a `split` column: identities (not images) shuffled with the seed and cut by
     fractions, e.g. {"train": 0.6, "test": 0.2, "public": 0.2} (must sum to 1 within 1e-6, each split gets at
@@ -79,14 +93,7 @@ def assign_splits(manifest: pd.DataFrame, fractions: dict[str, float], seed: int
 
     ids = np.sort(manifest["identity"].unique())
     k = len(ids)
-    counts = _split_counts(k, {s: float(f) for s, f in fractions.items()})
-    small = {s: c for s, c in counts.items() if c < MIN_IDENTITIES_PER_SPLIT}
-    if small:
-        detail = ", ".join(f"{s!r} would get {c} (fraction {fractions[s]} of {k})" for s, c in small.items())
-        raise ValueError(
-            f"each split needs at least {MIN_IDENTITIES_PER_SPLIT} identities: {detail}; "
-            f"adjust the fractions or use a dataset with more identities"
-        )
+    counts = split_sizes(k, fractions)
 
     perm = np.random.default_rng(seed).permutation(ids)
     split_of: dict[int, str] = {}

@@ -284,6 +284,7 @@ def _measures(system: AdvFaceSystem, x_hold: torch.Tensor, device) -> dict:
 
 
 class AdvFaceDefense:
+    config_class = AdvFaceConfig   # its params block (params.yaml's schema reads it)
     name = "advface"
     privacy_knob = "eps"
 

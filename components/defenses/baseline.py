@@ -27,6 +27,7 @@ class BaselineSystem(ProtectedSystem):
 
 class BaselineDefense:
     name = "baseline"
+    config_class = None   # no block of its own: params' `baseline` block is the FR model it serves
 
     def build(self, ctx: DefenseContext) -> BaselineSystem:
         return BaselineSystem(copy.deepcopy(ctx.baseline.backbone).eval(), copy.deepcopy(ctx.baseline.head).eval(),

@@ -111,6 +111,7 @@ class _NoiseHooks(TrainHooks):
 
 
 class DCTDPDefense:
+    config_class = DCTDPConfig   # its params block (params.yaml's schema reads it)
     name = "dctdp"
     privacy_knob = "eps_mean"
 

@@ -605,6 +605,7 @@ def _measures(system: DVPFSystem, data: _Data, adversaries: dict[str, nn.ModuleL
 
 
 class DVPFDefense:
+    config_class = DVPFConfig   # its params block (params.yaml's schema reads it)
     name = "dvpf"
     privacy_knob = "lam"
 

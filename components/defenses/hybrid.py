@@ -180,6 +180,7 @@ class HybridHooks(TrainHooks):
 
 
 class HybridDefense:
+    config_class = HybridConfig   # its params block (params.yaml's schema reads it)
     name = "hybrid"
     privacy_knob = "alpha"
 

@@ -172,6 +172,7 @@ def analyse(ctx: DefenseContext, cfg) -> tuple[list[int], dict]:
 
 
 class PPFRFDDefense:
+    config_class = PPFRFDConfig   # its params block (params.yaml's schema reads it)
     name = "ppfrfd"
     privacy_knob = "energy_removed"
 

@@ -12,6 +12,7 @@ from components.data.ingest import FaceDataset
 from components.defenses import load_system
 from components.models.fr_model import from_bundle
 from pipelines.assets.model_assets import defense_partitions
+from pipelines.refusals import require_one_dataset
 from pipelines.resources import ComputeResource, MLflowResource, PrivfaceSettings
 from pipelines.tracking import log_params
 
@@ -23,6 +24,8 @@ def attack_results(context: dg.AssetExecutionContext, settings: PrivfaceSettings
                    mlflow_tracking: MLflowResource, protected_system: dict, face_dataset: FaceDataset,
                    dataset_splits: dict, evaluation_fr_model: dict) -> dict:
     name = context.partition_key
+    version = require_one_dataset(face_dataset=face_dataset, dataset_splits=dataset_splits,
+                                  protected_system=protected_system, evaluation_fr_model=evaluation_fr_model)
     params = settings.params()
     system = load_system(protected_system)
     evaluation = from_bundle(evaluation_fr_model)
@@ -61,7 +64,8 @@ def attack_results(context: dg.AssetExecutionContext, settings: PrivfaceSettings
         "not_applicable": dg.MetadataValue.json(not_applicable),
         "shared_work_reused": dg.MetadataValue.json(shared.hits),
     })
-    return {"attacks": measures, "strength": strengths, "not_applicable": not_applicable, "artifacts": artifacts}
+    return {"attacks": measures, "strength": strengths, "not_applicable": not_applicable, "artifacts": artifacts,
+            "data_version": version}
 
 
 def shared_attacker_work(settings: PrivfaceSettings, images, manifest, pairs, evaluation) -> SharedWork:

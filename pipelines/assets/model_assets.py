@@ -19,6 +19,7 @@ from components.metrics.plots import roc_plot
 from components.metrics.utility import evaluate_system, pair_scores
 from components.models.fr_model import FRModel, from_bundle, make_spec, to_bundle, train_fr_model
 from components.training.ddp_entry import train_fr_model_torchrun
+from pipelines.refusals import require_one_dataset
 from pipelines.resources import ComputeResource, MLflowResource, PrivfaceSettings, content_hash
 from pipelines.tracking import epoch_logger, log_params, log_system_model
 
@@ -40,6 +41,7 @@ def _fingerprint(*parts) -> str:
 def _train_fr(context, settings: PrivfaceSettings, compute: ComputeResource, mlflow_res: MLflowResource,
               config: TrainingConfig, ds: FaceDataset, splits: dict, block: str) -> dict:
     """Train the FR model described by params[block] on the private train split."""
+    require_one_dataset(face_dataset=ds, dataset_splits=splits)
     params = settings.params()
     manifest, pairs = splits["manifest"], splits["pairs"]
     images, labels, _ = split_view(ds.images, manifest, "train")
@@ -71,8 +73,9 @@ def _train_fr(context, settings: PrivfaceSettings, compute: ComputeResource, mlf
         "world_size": world_size,
         "mlflow_run_id": run.info.run_id,
         "checkpoint": str(ckpt),
+        "data_version": ds.version,
     })
-    return to_bundle(model)
+    return {**to_bundle(model), "data_version": ds.version}
 
 
 @dg.asset(group_name="models", pool="gpu", kinds={"pytorch", "mlflow"},
@@ -98,6 +101,7 @@ def protected_system(context: dg.AssetExecutionContext, settings: PrivfaceSettin
                      mlflow_tracking: MLflowResource, face_dataset: FaceDataset, dataset_splits: dict,
                      baseline_fr_model: dict) -> dict:
     name = context.partition_key
+    require_one_dataset(face_dataset=face_dataset, dataset_splits=dataset_splits, baseline_fr_model=baseline_fr_model)
     params = settings.params()
     defense = get_defense(name)
     manifest, pairs = dataset_splits["manifest"], dataset_splits["pairs"]
@@ -135,7 +139,7 @@ def protected_system(context: dg.AssetExecutionContext, settings: PrivfaceSettin
         example = to_model_tensor(face_dataset.images[manifest["index"].to_numpy()[:4]]).numpy()
         model_uri = log_system_model(bundle, example)
         digest = content_hash(bundle["state"])
-        registered = f"{params['mlflow']['registered_model_prefix']}-{name}"
+        registered = settings.registered_model(name)
         version = mlflow_tracking.register(registered, model_uri, run.info.run_id, digest,
                                            tags={"defense": name, "data_version": face_dataset.version})
         mlflow.set_tags({"registered_model": registered, "model_version": version})
@@ -145,8 +149,9 @@ def protected_system(context: dg.AssetExecutionContext, settings: PrivfaceSettin
         "registered_model": registered,
         "model_version": version,
         "mlflow_run_id": run.info.run_id,
+        "data_version": face_dataset.version,
     })
-    return {**bundle, "utility": utility, "measures": measures, "artifacts": artifacts,
-            "pair_scores": scores.astype(np.float32).tolist(),
+    return {**bundle, "data_version": face_dataset.version, "utility": utility, "measures": measures,
+            "artifacts": artifacts, "pair_scores": scores.astype(np.float32).tolist(),
             "mlflow": {"run_id": run.info.run_id, "model_uri": model_uri, "model_version": str(version),
                        "registered_model": registered}}

@@ -52,7 +52,7 @@ def promotion_candidates(context: dg.AssetExecutionContext, settings: PrivfaceSe
     client = mlflow_tracking.client()
     verdicts = {}
     for name, d in privacy_utility_report["defenses"].items():
-        registered = f"{params['mlflow']['registered_model_prefix']}-{name}"
+        registered = settings.registered_model(name)
         version = str(d["mlflow"]["model_version"])
         scores = {k: d["scores"].get(k) for k in SCORE_TAGS}
         champion = recorded_champion(client, registered)

@@ -11,6 +11,7 @@ from components.reporting.html import render_report
 from components.reporting.metrics_file import build_metrics, summary_rows, write_json
 from components.reporting.sweeps import with_operating_point
 from pipelines.io_manager import ALL_PARTITIONS
+from pipelines.refusals import require_one_dataset
 from pipelines.resources import MLflowResource, PrivfaceSettings
 
 
@@ -30,6 +31,11 @@ def privacy_utility_report(context: dg.AssetExecutionContext, settings: Privface
     if missing:
         raise dg.Failure(f"no materialized protected_system/attack_results for {missing}: "
                          f"materialize those partitions first (privface run --defenses ...)")
+    require_one_dataset(dataset_splits=dataset_splits, baseline_fr_model=baseline_fr_model,
+                        evaluation_fr_model=evaluation_fr_model,
+                        **{f"{asset}[{d}]": parts[d] for asset, parts in (
+                            ("protected_system", protected_system), ("attack_results", attack_results),
+                            ("defense_sweep", defense_sweep)) for d in wanted if d in parts})
     manifest = dataset_splits["manifest"]
     results = {d: {"params": protected_system[d]["operating_point"], "utility": protected_system[d]["utility"],
                    "attacks": attack_results[d]["attacks"], "mlflow": {

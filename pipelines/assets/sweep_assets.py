@@ -18,6 +18,7 @@ from components.metrics.utility import evaluate_system
 from components.models.fr_model import from_bundle
 from pipelines.assets.attack_assets import shared_attacker_work
 from pipelines.assets.model_assets import _fingerprint, defense_partitions
+from pipelines.refusals import require_one_dataset
 from pipelines.resources import ComputeResource, MLflowResource, PrivfaceSettings
 from pipelines.tracking import log_params
 
@@ -28,6 +29,8 @@ def defense_sweep(context: dg.AssetExecutionContext, settings: PrivfaceSettings,
                   mlflow_tracking: MLflowResource, face_dataset: FaceDataset, dataset_splits: dict,
                   baseline_fr_model: dict, evaluation_fr_model: dict) -> dict:
     name = context.partition_key
+    version = require_one_dataset(face_dataset=face_dataset, dataset_splits=dataset_splits,
+                                  baseline_fr_model=baseline_fr_model, evaluation_fr_model=evaluation_fr_model)
     params = settings.params()
     sweep = (params.get("sweeps") or {}).get(name) or {}
     values = list(sweep.get("values", []))
@@ -35,7 +38,7 @@ def defense_sweep(context: dg.AssetExecutionContext, settings: PrivfaceSettings,
     knob = getattr(defense, "privacy_knob", "")
     if not values or not knob:
         context.add_output_metadata({"points": 0, "reason": "no sweep configured for this defense"})
-        return {"knob": knob, "points": [], "attacks": []}
+        return {"knob": knob, "points": [], "attacks": [], "data_version": version}
     manifest, pairs = dataset_splits["manifest"], dataset_splits["pairs"]
     train_x, train_y, _ = split_view(face_dataset.images, manifest, "train")
     public_x, public_y, _ = split_view(face_dataset.images, manifest, "public")
@@ -94,4 +97,4 @@ def defense_sweep(context: dg.AssetExecutionContext, settings: PrivfaceSettings,
                                  "shared_work_reused": dg.MetadataValue.json(shared.hits),
                                  "sweep": dg.MetadataValue.json(points)})
     return {"knob": knob, "points": points, "attacks": attack_names, "params": sweep.get("params", {}),
-            "attack_params": sweep.get("attack_params", {})}
+            "attack_params": sweep.get("attack_params", {}), "data_version": version}

@@ -49,3 +49,39 @@ def git_env() -> dict:
     env.update({"GIT_AUTHOR_NAME": "privface tests", "GIT_AUTHOR_EMAIL": "tests@privface.local",
                 "GIT_COMMITTER_NAME": "privface tests", "GIT_COMMITTER_EMAIL": "tests@privface.local"})
     return env
+
+
+def params_file(tmp_path: Path, edit=None, name: str = "params.yaml") -> Path:
+    """A copy of the project's params.yaml in `tmp_path` whose stores and reports live under
+    `tmp_path` (so runs with the default, dataset-keyed locations never write into the
+    repository), after `edit(raw)` changed the parsed YAML in place."""
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["defaults"]["workdir"] = str(tmp_path / "artifacts" / "{profile}")
+    raw["defaults"]["reports_dir"] = str(tmp_path / "reports")
+    for profile in raw["profiles"].values():
+        if profile:
+            profile.pop("workdir", None)
+    if edit is not None:
+        edit(raw)
+    out = tmp_path / name
+    out.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return out
+
+
+def orl_copy(att_faces_dir: Path, dest: Path, identities: int = 40) -> Path:
+    """A writable copy of the first `identities` ORL identities (s1..sN) at `dest`."""
+    import shutil
+
+    dest.mkdir(parents=True)
+    for i in range(1, identities + 1):
+        shutil.copytree(att_faces_dir / f"s{i}", dest / f"s{i}")
+    return dest
+
+
+def registered(defense: str, data_dir: Path | None = None, profile: str = "ci") -> str:
+    """The registry name the pipeline gives `defense`'s models on that data (keyed by dataset)."""
+    from pipelines.resources import PrivfaceSettings
+
+    return PrivfaceSettings(profile=profile, data_dir=str(data_dir or "")).registered_model(defense)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -51,15 +52,18 @@ def test_unknown_defenses_are_refused_before_any_work(tmp_path, ci_data, env):
     assert not (tmp_path / "w").exists()
 
 
-def test_a_bad_dataset_fails_with_the_file_named(tmp_path, env):
-    bad = tmp_path / "faces"
-    (bad / "alice").mkdir(parents=True)
-    (bad / "bob").mkdir()
-    for person in ("alice", "bob"):
-        for i in range(2):
-            (bad / person / f"{i}.png").write_bytes(b"not an image at all")
+def test_a_corrupt_image_fails_with_the_file_named_in_the_last_lines(tmp_path, env, make_face_folder):
+    bad = make_face_folder(tmp_path, n_identities=8, n_images=3, size=(32, 32))
+    (bad / "id_0003" / "01.png").write_bytes(b"not an image at all")
     out = privface("run", "--profile", "ci", "--data-dir", str(bad), "--workdir", str(tmp_path / "w"),
                    "--reports-dir", str(tmp_path / "r"), env=env)
     assert out.returncode == 1
-    assert "alice/0.png" in out.stderr and "image" in out.stderr
+    last = out.stderr.strip().splitlines()[-5:]
+    assert last[0].startswith("privface: prepare refused the input at face_dataset")
+    assert last[1].split() == ["file:", str(bad / "id_0003" / "01.png")]
+    assert last[2].startswith("  problem: cannot be read as an image: not a recognised image format")
+    assert last[3].startswith("  fix:")
+    assert last[4].startswith("  nothing stored was changed; full log: ")
+    log = Path(last[4].split("full log: ")[1])
+    assert "Traceback" not in out.stderr and "DataError" in log.read_text()   # the trace is in the log only
     assert not (tmp_path / "r" / "metrics.json").exists()

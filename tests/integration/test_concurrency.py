@@ -21,6 +21,8 @@ import mlflow
 import pytest
 from dagster._core.storage.dagster_run import DagsterRunStatus
 
+from tests.integration.conftest import registered
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,7 +94,8 @@ def test_two_pipeline_runs_at_once_on_the_same_stores(tmp_path, ci_data, dagster
     # in the shared workdir (same data, same config) and so log fewer epochs
     assert max(epochs_logged) == 2 and all(n <= 2 for n in epochs_logged), epochs_logged
     # the registry: no content registered twice, and each protected_system run names its version
-    versions = client.search_model_versions("name = 'privface-baseline'")
+    name = registered("baseline", ci_data)
+    versions = client.search_model_versions(f"name = '{name}'")
     hashes = [v.tags["content_hash"] for v in versions]
     assert versions and len(hashes) == len(set(hashes)), hashes
     systems = client.search_runs([exp.experiment_id], filter_string="tags.asset = 'protected_system'")
@@ -103,7 +106,7 @@ def test_two_pipeline_runs_at_once_on_the_same_stores(tmp_path, ci_data, dagster
     from pipelines.io_manager import fetch
 
     store = tmp_path / "work" / "store"
-    assert fetch(store / "protected_system" / "baseline")["mlflow"]["registered_model"] == "privface-baseline"
+    assert fetch(store / "protected_system" / "baseline")["mlflow"]["registered_model"] == name
     assert fetch(store / "face_dataset" / "__all__").images.shape[0] == 240
     leftovers = [p for p in store.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name]
     assert leftovers == []

@@ -10,8 +10,10 @@ import mlflow
 import numpy as np
 import pytest
 
+from components.config import ParamsError
 from components.metrics.embeddings import to_model_tensor
 from pipelines.definitions import build_definitions
+from tests.integration.conftest import registered
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +38,7 @@ def failures(result) -> str:
                      for e in result.all_events if e.event_type_value == "STEP_FAILURE")
 
 
-def test_whole_graph_writes_contract_metrics_tracks_and_registers(pipeline, mlflow_uri):
+def test_whole_graph_writes_contract_metrics_tracks_and_registers(pipeline, mlflow_uri, ci_data):
     defs, instance, tmp = pipeline
     result = run_full(defs, instance)
     assert result.success, failures(result)
@@ -83,7 +85,7 @@ def test_whole_graph_writes_contract_metrics_tracks_and_registers(pipeline, mlfl
     assert len(history) == 2                        # per-epoch metrics, ci profile trains 2 epochs
     assert base["mlflow"]["run_id"] == ps.info.run_id
 
-    champion = client.get_model_version_by_alias("privface-baseline", "champion")
+    champion = client.get_model_version_by_alias(registered("baseline", ci_data), "champion")
     assert str(champion.version) == base["mlflow"]["model_version"]
     assert champion.tags["gate"] == "passed"
     # the gate's numbers come from metrics.json and stay on the version for the next run to beat
@@ -91,7 +93,7 @@ def test_whole_graph_writes_contract_metrics_tracks_and_registers(pipeline, mlfl
     assert float(champion.tags["privacy"]) == pytest.approx(base["scores"]["privacy"], abs=1e-6)
 
     # the registered model serves templates: unit-norm, same as the pipeline's system
-    model = mlflow.pyfunc.load_model("models:/privface-baseline@champion")
+    model = mlflow.pyfunc.load_model(f"models:/{registered('baseline', ci_data)}@champion")
     images = np.stack([np.full((32, 32, 3), v, dtype=np.uint8) for v in (20, 120, 220)])
     out = model.predict(to_model_tensor(images).numpy())
     assert out.shape[0] == 3
@@ -100,23 +102,26 @@ def test_whole_graph_writes_contract_metrics_tracks_and_registers(pipeline, mlfl
     # re-running the same materialization neither duplicates nor corrupts registry state
     again = run_full(defs, instance)
     assert again.success, failures(again)
-    versions = client.search_model_versions("name = 'privface-baseline'")
+    versions = client.search_model_versions(f"name = '{registered('baseline', ci_data)}'")
     assert len(versions) == 1
-    assert client.get_model_version_by_alias("privface-baseline", "champion").version == champion.version
+    assert client.get_model_version_by_alias(registered("baseline", ci_data), "champion").version == champion.version
 
 
 def test_failing_defense_fails_clearly_and_leaves_registry_alone(tmp_path, ci_data, dagster_home, mlflow_uri):
-    """A defense whose build fails (here a typo in its params) fails its step with the
-    reason, registers nothing and marks its MLflow run FAILED."""
-    defs = build_definitions(profile="ci", data_dir=str(ci_data), workdir=str(tmp_path / "work"),
-                             reports_dir=str(tmp_path / "reports"), mlflow_uri=mlflow_uri, progress=False,
-                             overrides=json.dumps({"dctdp": {"eps_meen": 1.0}}))
+    """A defense whose build fails (here a budget the schema accepts but the method refuses)
+    fails its step with the reason, registers nothing and marks its MLflow run FAILED; a
+    typo in its params is refused before any run, naming the key."""
+    kwargs = dict(profile="ci", data_dir=str(ci_data), workdir=str(tmp_path / "work"),
+                  reports_dir=str(tmp_path / "reports"), mlflow_uri=mlflow_uri, progress=False)
+    with pytest.raises(ParamsError, match=r"dctdp.eps_meen: unknown key \(set by the command's overrides\)"):
+        build_definitions(**kwargs, overrides=json.dumps({"dctdp": {"eps_meen": 1.0}}))
+    defs = build_definitions(**kwargs, overrides=json.dumps({"dctdp": {"eps_mean": 0.0}}))
     result = run_full(defs, dg.DagsterInstance.get(), partition="dctdp")
     assert not result.success
     failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert failures and "unknown parameter(s) ['eps_meen']" in failures[0].event_specific_data.error.to_string()
+    assert failures and "eps_mean must be > 0, got 0.0" in failures[0].event_specific_data.error.to_string()
     client = mlflow.MlflowClient(mlflow_uri, mlflow_uri)
-    assert client.search_registered_models("name = 'privface-dctdp'") == []
+    assert client.search_registered_models(f"name = '{registered('dctdp', ci_data)}'") == []
     # its MLflow run is marked FAILED, not left running
     exp = client.get_experiment_by_name("privface")
     runs = client.search_runs([exp.experiment_id], filter_string="tags.partition = 'dctdp' and tags.asset = 'protected_system'")
@@ -150,7 +155,7 @@ def test_frequency_defense_partition_with_sweep(tmp_path, ci_data, dagster_home,
     assert (tmp / "reports" / "sweeps.png").is_file()
     assert "Sweeps: utility against the privacy measure" in (tmp / "reports" / "report.html").read_text()
     client = mlflow.MlflowClient(mlflow_uri, mlflow_uri)
-    assert client.get_model_version_by_alias("privface-dctdp", "champion").version == int(d["mlflow"]["model_version"])
+    assert client.get_model_version_by_alias(registered("dctdp", ci_data), "champion").version == int(d["mlflow"]["model_version"])
     exp = client.get_experiment_by_name("privface")
     runs = client.search_runs([exp.experiment_id], filter_string="tags.asset = 'defense_sweep' and tags.partition = 'dctdp'")
     assert len(runs) == 1 and len(client.get_metric_history(runs[0].info.run_id, "sweep_verification_accuracy")) == 2

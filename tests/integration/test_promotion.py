@@ -17,6 +17,7 @@ from pipelines.assets.promotion_assets import promotion_candidates, registered_m
 from pipelines.checks import promotion_gate
 from pipelines.cli import _gate_refusal
 from pipelines.definitions import build_resources
+from tests.integration.conftest import registered
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +37,7 @@ def client(resources):
 
 
 def new_version(resources, tmp_path, defense: str, weights: str) -> str:
-    """A real registered version of `privface-<defense>`: an MLflow run holding a model
+    """A real registered version of the defense's registered model: an MLflow run holding a model
     artifact, registered the way protected_system registers (keyed by content hash)."""
     tracking = resources["mlflow_tracking"]
     client = tracking.client()
@@ -46,7 +47,7 @@ def new_version(resources, tmp_path, defense: str, weights: str) -> str:
     (model / "weights.txt").write_text(weights)
     client.log_artifacts(run.info.run_id, str(model), "model")
     client.set_terminated(run.info.run_id)
-    return str(tracking.register(f"privface-{defense}", f"runs:/{run.info.run_id}/model", run.info.run_id,
+    return str(tracking.register(registered(defense), f"runs:/{run.info.run_id}/model", run.info.run_id,
                                  content_hash=weights, tags={"defense": defense}))
 
 
@@ -77,7 +78,7 @@ def promote(resources, metrics: dict | None):
 
 
 def champion(client, defense="baseline"):
-    return client.get_model_version_by_alias(f"privface-{defense}", "champion")
+    return client.get_model_version_by_alias(registered(defense), "champion")
 
 
 def gate_of(result):
@@ -130,7 +131,7 @@ def test_a_better_version_is_promoted_and_a_worse_one_is_not(resources, client, 
     assert "overall 0.6667 <= champion v2's 0.7500" in gate.metadata["baseline"].text
     assert "registered_model" not in materialized(worse)
     assert str(champion(client).version) == v2                                   # champion unchanged
-    challenger = client.get_model_version_by_alias("privface-baseline", "challenger")
+    challenger = client.get_model_version_by_alias(registered("baseline"), "challenger")
     assert str(challenger.version) == v3
     assert challenger.tags["gate"] == "failed"
     assert "overall 0.6667 <= champion v2's 0.7500" in challenger.tags["gate_reason"]
@@ -143,7 +144,7 @@ def test_a_better_version_is_promoted_and_a_worse_one_is_not(resources, client, 
     # measured again (say on new data) and now better: promoted, and no longer the challenger
     assert promote(resources, report(baseline=(v3, 0.90, 0.2))).success           # overall 0.8889
     assert str(champion(client).version) == v3
-    assert client.get_registered_model("privface-baseline").aliases == {"champion": int(v3)}
+    assert client.get_registered_model(registered("baseline")).aliases == {"champion": int(v3)}
 
 
 def test_floors_refuse_per_defense_and_the_passing_one_is_still_promoted(resources, client, tmp_path):
@@ -160,8 +161,8 @@ def test_floors_refuse_per_defense_and_the_passing_one_is_still_promoted(resourc
     assert str(champion(client).version) == vb
     decisions = result.output_for_node("registered_model")
     assert decisions["dctdp"]["champion_version"] is None and decisions["baseline"]["champion_version"] == vb
-    assert client.get_registered_model("privface-dctdp").aliases == {"challenger": int(vd)}
-    dctdp = client.get_model_version("privface-dctdp", vd)
+    assert client.get_registered_model(registered("dctdp")).aliases == {"challenger": int(vd)}
+    dctdp = client.get_model_version(registered("dctdp"), vd)
     assert dctdp.tags["privacy"] == "n/a" and dctdp.tags["gate"] == "failed"
 
 

@@ -18,7 +18,7 @@ import torch
 
 from components.training.checkpoint import load_checkpoint
 from pipelines.definitions import build_definitions
-from tests.integration.conftest import ROOT
+from tests.integration.conftest import ROOT, registered
 
 pytestmark = pytest.mark.integration
 
@@ -138,4 +138,4 @@ def test_a_failing_asset_fails_its_dagster_run_and_marks_its_mlflow_run_failed(t
     assert runs["protected_system"].info.status == "FAILED"
     assert runs["protected_system"].info.end_time is not None          # closed, not left running
     assert runs["baseline"].info.status == "FINISHED"                  # the asset before it succeeded
-    assert client.search_registered_models("name = 'privface-dctdp'") == []
+    assert client.search_registered_models(f"name = '{registered('dctdp', ci_data)}'") == []

@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from tests.integration.servers import HOST, free_port, listening_on, running_server, wait_for
+from tests.integration.conftest import registered
 
 pytestmark = pytest.mark.integration
 
@@ -202,16 +203,16 @@ def test_pipeline_tracks_to_an_mlflow_server(tmp_path, ci_data, dagster_home, mo
         assert "verification_accuracy" in system.data.metrics
 
         # the registry: the system's version, and the alias the promotion step set on it
-        versions = client.search_model_versions("name = 'privface-baseline'")
+        versions = client.search_model_versions(f"name = '{registered('baseline', ci_data)}'")
         assert [str(v.version) for v in versions] == [system.data.tags["model_version"]]
         assert versions[0].run_id == system.info.run_id
         # which alias depends on the promotion gate (pipelines/assets/promotion_assets.py); the
         # report job sets one of the two on the version, and the server returns it
-        model = client.get_registered_model("privface-baseline")
+        model = client.get_registered_model(registered("baseline", ci_data))
         assert model.aliases and set(model.aliases) <= {"champion", "challenger"}, model.aliases
         assert {str(v) for v in model.aliases.values()} == {str(versions[0].version)}
         alias = next(iter(model.aliases))
-        assert str(client.get_model_version_by_alias("privface-baseline", alias).version) == str(versions[0].version)
+        assert str(client.get_model_version_by_alias(registered("baseline", ci_data), alias).version) == str(versions[0].version)
         # the model's files went through the server into its artifact destination
         assert any((tmp_path / "server" / "artifacts").rglob("MLmodel")), server.log()
     assert not server.alive()

@@ -102,16 +102,72 @@ def test_mixed_formats_and_no_extension_all_load(tmp_path, make_face_folder):
     validate_manifest(ds.manifest)
 
 
-def test_identical_images_share_content_hash_not_path(tmp_path, make_face_folder):
-    root = make_face_folder(tmp_path, n_identities=2, n_images=2)
-    shutil.copy(root / "id_0000" / "00.png", root / "id_0001" / "copy.png")
+def test_the_same_photo_twice_in_one_identity_is_kept_once_and_listed(tmp_path, make_face_folder):
+    root = make_face_folder(tmp_path, n_identities=2, n_images=3)
+    shutil.copy(root / "id_0001" / "00.png", root / "id_0001" / "copy.png")
     # the same pixels saved as BMP: different file bytes, same canonical content
-    with Image.open(root / "id_0000" / "01.png") as im:
+    with Image.open(root / "id_0001" / "01.png") as im:
         im.save(root / "id_0001" / "same.bmp", format="BMP")
-    m = load_image_folder(root, size=8, progress=False).manifest.set_index("path")
-    assert m.loc["id_0000/00.png", "content_hash"] == m.loc["id_0001/copy.png", "content_hash"]
-    assert m.loc["id_0000/01.png", "content_hash"] == m.loc["id_0001/same.bmp", "content_hash"]
-    assert m.loc["id_0000/01.png", "file_hash"] != m.loc["id_0001/same.bmp", "file_hash"]
+    shutil.copy(root / "id_0000" / "02.png", root / "id_0000" / "02 (copy).png")   # sorts before 02.png
+    ds = load_image_folder(root, size=8, progress=False)
+    assert len(ds) == 6 and ds.manifest["content_hash"].is_unique
+    assert "id_0001/copy.png" not in set(ds.manifest["path"])
+    assert ds.duplicates == [                    # the shorter name is kept, whatever the order
+        {"identity_name": "id_0000", "kept": "id_0000/02.png", "dropped": "id_0000/02 (copy).png"},
+        {"identity_name": "id_0001", "kept": "id_0001/00.png", "dropped": "id_0001/copy.png"},
+        {"identity_name": "id_0001", "kept": "id_0001/01.png", "dropped": "id_0001/same.bmp"}]
+    assert (ds.manifest["identity_images"] == 3).all()           # counts after dropping
+    assert list(ds.manifest["index"]) == list(range(6))
+    clean = load_image_folder(make_face_folder(tmp_path / "clean", n_identities=2, n_images=3), size=8,
+                              progress=False)
+    np.testing.assert_array_equal(ds.images, clean.images)       # exactly the images of the clean folder
+    assert ds.version != clean.version                           # yet another folder: another version
+
+
+def test_an_identity_left_with_one_distinct_photo_is_refused_naming_both_files(tmp_path, make_face_folder):
+    root = make_face_folder(tmp_path, n_identities=2, n_images=[2, 1])
+    shutil.copy(root / "id_0001" / "00.png", root / "id_0001" / "again.png")
+    with pytest.raises(DataError) as err:
+        load_image_folder(root, size=8, progress=False)
+    assert err.value.path == str(root / "id_0001")
+    assert "only 1 distinct image: id_0001/again.png is the same photo as id_0001/00.png" in err.value.problem
+
+
+def test_the_same_photo_under_two_identities_is_refused_naming_both_files(tmp_path, make_face_folder):
+    root = make_face_folder(tmp_path, n_identities=3, n_images=2)
+    shutil.copy(root / "id_0000" / "00.png", root / "id_0002" / "copy.png")
+    shutil.copy(root / "id_0000" / "01.png", root / "id_0001" / "copy.png")
+    with pytest.raises(DataError) as err:
+        load_image_folder(root, size=8, progress=False)
+    assert err.value.path == str(root / "id_0001" / "copy.png")
+    assert f"same photo as {root / 'id_0000' / '01.png'}" in err.value.problem
+    assert "'id_0001' and identity 'id_0000'" in err.value.problem and "2 such images in all" in err.value.problem
+    assert "one person" in err.value.hint
+
+
+def test_operating_system_litter_is_skipped_and_listed(tmp_path, make_face_folder):
+    root = make_face_folder(tmp_path, n_identities=2, n_images=2)
+    (root / "id_0000" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0 not an image")
+    (root / "id_0000" / "desktop.ini").write_text("[.ShellClassInfo]")
+    (root / "id_0001" / "._00.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (root / "id_0001" / "__MACOSX").mkdir()
+    (root / "__MACOSX" / "id_0000").mkdir(parents=True)
+    (root / "__MACOSX" / "id_0000" / "._00.png").write_bytes(b"x")
+    (root / "@eaDir").mkdir()
+    ds = load_image_folder(root, size=8, progress=False)
+    assert len(ds) == 4 and set(ds.manifest["identity_name"]) == {"id_0000", "id_0001"}
+    assert set(ds.ignored) == {"@eaDir", "__MACOSX", "id_0000/Thumbs.db", "id_0000/desktop.ini",
+                               "id_0001/._00.png", "id_0001/__MACOSX"}
+
+
+def test_the_store_keeps_the_duplicates_and_the_ignored_files(tmp_path, make_face_folder):
+    root = make_face_folder(tmp_path, n_identities=2, n_images=2)
+    shutil.copy(root / "id_0000" / "00.png", root / "id_0000" / "02.png")
+    (root / "id_0000" / "Thumbs.db").write_bytes(b"x")
+    ds = load_image_folder(root, size=8, progress=False)
+    back = load_dataset(save_dataset(ds, tmp_path / "store"))
+    assert back.duplicates == ds.duplicates and len(back.duplicates) == 1
+    assert back.ignored == ["id_0000/Thumbs.db"]
 
 
 def test_ignores_top_level_files_and_hidden_entries(tmp_path, make_face_folder):

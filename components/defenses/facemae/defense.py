@@ -333,6 +333,7 @@ def three_row_grid(rows: list, path: Path, n: int = 8, min_cell: int = 64) -> Pa
 
 
 class FaceMAEDefense:
+    config_class = FaceMAEConfig   # its params block (params.yaml's schema reads it)
     name = "facemae"
     privacy_knob = "mask_ratio"
 
