@@ -56,28 +56,46 @@ def path_lock(path: str | Path) -> Iterator[None]:
         yield
 
 
+def recover_dir(folder: str | Path) -> None:
+    """Put back a folder that a killed swap left out (moved aside into `.<name>.old-*`, the
+    new version never moved in). Call under `path_lock(folder)`."""
+    folder = Path(folder)
+    if folder.exists():
+        return
+    for old in sorted(folder.parent.glob(f".{folder.name}.old-*")):
+        if (old / folder.name).is_dir():
+            os.replace(old / folder.name, folder)
+            shutil.rmtree(old, ignore_errors=True)
+            return
+
+
 def atomic_write_dir(folder: str | Path, write: Callable[[Path], object]) -> Path:
     """Call `write(tmp)` on an empty temp folder beside `folder`, then swap it in for
-    `folder` under `path_lock`. The slow part (writing) runs unlocked; a failed write
-    leaves the previous folder as it was."""
+    `folder` under `path_lock`. The slow part (writing) runs unlocked; a failed or
+    interrupted write or swap leaves the previous folder as it was (a kill between the two
+    renames is repaired by `recover_dir` on the next write or read)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.tmp-"))
     old = None
+    swapped = False
     try:
         write(tmp)
         with path_lock(folder):
-            if folder.exists():
-                old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old-"))
-                os.replace(folder, old / folder.name)
+            recover_dir(folder)
             try:
+                if folder.exists():
+                    old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old-"))
+                    os.replace(folder, old / folder.name)
                 os.replace(tmp, folder)
+                swapped = True
             except BaseException:
-                if old is not None and (old / folder.name).exists():
+                if old is not None and (old / folder.name).exists() and not folder.exists():
                     os.replace(old / folder.name, folder)   # put the previous version back
                 raise
     finally:
-        for leftover in (tmp, old):   # after a swap: the displaced version; after a failure: the temp
-            if leftover is not None:
-                shutil.rmtree(leftover, ignore_errors=True)
+        if not swapped:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and (swapped or not (old / folder.name).exists()):
+            shutil.rmtree(old, ignore_errors=True)   # the displaced version, only once replaced
     return folder

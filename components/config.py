@@ -106,9 +106,12 @@ def _validate(params: dict, path: Path, raw: dict, profile: str, overrides: dict
 
 def _has(tree, keys: tuple) -> bool:
     for k in keys:
-        if not isinstance(tree, dict) or k not in tree:
+        if isinstance(tree, dict) and k in tree:
+            tree = tree[k]
+        elif isinstance(tree, list) and isinstance(k, int) and 0 <= k < len(tree):
+            tree = tree[k]
+        else:
             return False
-        tree = tree[k]
     return True
 
 
@@ -128,6 +131,8 @@ def _describe(problem, path: Path, raw: dict, profile: str, overrides: dict) -> 
     found = "" if problem.missing else f", found {problem.found!r}"
     if problem.expected == "no such key":
         what = f"{key}: unknown key"
+    elif problem.message:
+        what = f"{key}: {problem.expected}"
     else:
         what = f"{key}: expected {problem.expected}{found}"
     if section is None:
@@ -145,6 +150,10 @@ def _line_of(path: Path, keys: tuple) -> int | None:
         return None
     line = None
     for k in keys:
+        if isinstance(node, yaml.SequenceNode) and isinstance(k, int) and 0 <= k < len(node.value):
+            node = node.value[k]
+            line = node.start_mark.line + 1
+            continue
         if not isinstance(node, yaml.MappingNode):
             break
         for knode, vnode in node.value:

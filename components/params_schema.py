@@ -17,7 +17,7 @@ import functools
 import typing
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 STRICT = ConfigDict(extra="forbid", strict=True)
 OPEN = ConfigDict(extra="allow", strict=True)   # model kwargs: builder-specific extras are allowed
@@ -97,6 +97,16 @@ def schema() -> type[BaseModel]:
         min_identities: int = Field(ge=2)
         attribute_values: dict[str, list[str]] | None = None
 
+        @field_validator("splits")
+        @classmethod
+        def _fractions(cls, v: dict) -> dict:
+            missing = [s for s in ("train", "test", "public") if s not in v]
+            if missing:
+                raise ValueError(f"needs the splits train, test and public (missing {missing})")
+            if any(f <= 0 for f in v.values()) or abs(sum(v.values()) - 1.0) > 1e-6:
+                raise ValueError(f"fractions must be positive and sum to 1, got {v}")
+            return v
+
     class FRBlock(Strict):
         backbone: Backbone
         head: Head
@@ -136,12 +146,14 @@ def schema() -> type[BaseModel]:
 
 @dataclasses.dataclass(frozen=True)
 class Problem:
-    """One wrong entry: the key path in the resolved params, what was expected, what was found."""
+    """One wrong entry: the key path in the resolved params, what was expected, what was
+    found (`message`: `expected` is the config class's own sentence)."""
 
     loc: tuple
     expected: str
     found: Any = None
     missing: bool = False
+    message: bool = False
 
 
 def _expected(err: dict) -> str:
@@ -150,6 +162,8 @@ def _expected(err: dict) -> str:
         return "no such key"
     if err["type"] == "missing":
         return "a value (the key is missing)"
+    if err["type"] == "value_error":
+        return msg.removeprefix("Value error, ")
     for prefix in ("Input should be ", "Value should be ", "String should "):
         if msg.startswith(prefix):
             rest = msg[len(prefix):]
@@ -176,10 +190,52 @@ def _trim(loc: tuple, params: dict) -> tuple:
     return tuple(out)
 
 
+def _blocks(params: dict):
+    """(key path, config class, block) of every block a config class reads, as the code
+    will build it (a defense's `train` over the baseline's, a sweep's params over the block)."""
+    from components.attacks import ATTACKS
+    from components.defenses import DEFENSES
+    from components.training.loop import TrainConfig
+
+    base_train = params["baseline"]["train"]
+    for block in ("baseline", "evaluation"):
+        yield (block, "train"), TrainConfig, params[block]["train"]
+    for name, attack in ATTACKS.items():
+        yield ("attacks", name), attack.config_class, params["attacks"].get(name) or {}
+    for name, defense in DEFENSES.items():
+        if defense.config_class is None or name not in params:
+            continue
+        block = params[name] or {}
+        yield (name,), defense.config_class, block
+        if "train" in block:
+            yield (name, "train"), TrainConfig, {**base_train, **block["train"]}
+        sweep = (params.get("sweeps") or {}).get(name) or {}
+        if sweep.get("params"):
+            from components.config import deep_merge
+
+            yield ("sweeps", name, "params"), defense.config_class, deep_merge(block, sweep["params"])
+
+
+def _built(params: dict) -> list[Problem]:
+    """The checks each config class makes of itself (ranges, combinations), on its block."""
+    from components.config import config_from
+
+    problems = []
+    for loc, cls, block in _blocks(params):
+        try:
+            cfg = config_from(cls, block)          # runs __post_init__
+            if hasattr(cfg, "validate"):
+                cfg.validate()
+        except (ValueError, TypeError) as err:
+            problems.append(Problem(loc, str(err), message=True))
+    return problems
+
+
 def check(params: dict) -> list[Problem]:
     """The problems of a resolved profile (empty when it is valid)."""
     try:
         schema().model_validate(params)
+        return _built(params)
     except ValidationError as err:
         merged: dict[tuple, Problem] = {}
         for e in err.errors():
@@ -189,6 +245,6 @@ def check(params: dict) -> list[Problem]:
             expected = _expected(e)
             if prev is not None and expected not in prev.expected:
                 expected = f"{prev.expected} or {expected}"
-            merged[loc] = Problem(loc, expected, found, e["type"] == "missing")
+            merged[loc] = Problem(loc, expected, found, e["type"] == "missing", e["type"] == "value_error")
         return list(merged.values())
     return []

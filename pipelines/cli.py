@@ -34,6 +34,7 @@ concurrency:
     default_limit: 1
 """
 CHILD_ENV = "PRIVFACE_SESSION"   # set in the supervised child: run the stages here
+CLOSE_ENV = "PRIVFACE_CLOSE"     # set in the detached closer after a second Ctrl-C: close that session's runs
 LOG_ENV = "PRIVFACE_LOG"
 
 
@@ -114,22 +115,20 @@ def _dataset_notes(result) -> list[str]:
     return notes
 
 
-def _interrupted(result) -> bool:
-    return any(e.event_type_value == "STEP_FAILURE" and e.event_specific_data.error is not None
-               and e.event_specific_data.error.cls_name in ("DagsterExecutionInterruptedError", "KeyboardInterrupt")
-               for e in result.all_events)
-
-
 def run_stages(args) -> int:
     """The stages as real Dagster runs, in this process (the supervised child)."""
     import dagster as dg
 
     from pipelines.definitions import build_definitions
-    from pipelines.failures import failure_lines, write_run_log
+    from pipelines.failures import failure_lines, stored_in, was_interrupted, write_run_log
+
+    from pipelines.supervisor import close_interrupted_runs, watch_parent
 
     home = ensure_dagster_home()
     session = os.environ[CHILD_ENV]
     log = Path(os.environ[LOG_ENV])
+    orphaned = []
+    watch_parent(lambda: orphaned.append(True))
     defs = build_definitions(profile=args.profile, data_dir=args.data_dir or "", defenses=args.defenses or "",
                              device=args.device, workdir=args.workdir or "", reports_dir=args.reports_dir or "",
                              mlflow_uri=os.environ.get("MLFLOW_TRACKING_URI", ""),   # e.g. a shared server
@@ -151,8 +150,10 @@ def run_stages(args) -> int:
             instance=instance, partition_key=partition, run_config=log_config, raise_on_error=False,
             tags={"privface/trigger": "cli", "privface/profile": args.profile, "privface/session": session})
         write_run_log(instance, result.run_id, log, label)
-        if _interrupted(result):
-            return 130   # the supervisor reports it and closes the runs
+        if was_interrupted(result):
+            if orphaned:   # no supervisor left to close the runs
+                close_interrupted_runs(session, settings, log)
+            return 130     # else the supervisor reports it and closes the runs
         if job_name == "prepare":
             for note in _dataset_notes(result):
                 print(note, file=sys.stderr)
@@ -162,7 +163,10 @@ def run_stages(args) -> int:
                   file=sys.stderr)
         elif not result.success:
             where, lines, refused = failure_lines(result)
-            footer = (f"nothing stored was changed; full log: {log}" if refused else f"full log: {log}")
+            stored = stored_in(result)
+            changed = (f"stored before it: {', '.join(stored)}; nothing after it was built" if stored
+                       else "nothing stored was changed")
+            footer = f"{changed}; full log: {log}"
             print(block(f"{label} {'refused the input' if refused else 'failed'} at {where} "
                         f"(Dagster run {result.run_id[:8]})", lines, footer), file=sys.stderr)
             return 1
@@ -180,6 +184,11 @@ def run_stages(args) -> int:
 
 
 def cmd_run(args) -> int:
+    if os.environ.get(CLOSE_ENV):
+        from pipelines.supervisor import close_interrupted_runs
+
+        close_interrupted_runs(os.environ[CLOSE_ENV], _settings(args), Path(os.environ[LOG_ENV]))
+        return 0
     if os.environ.get(CHILD_ENV):
         try:
             return run_stages(args)

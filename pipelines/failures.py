@@ -33,9 +33,41 @@ def _innermost(error):
     return error
 
 
+INTERRUPTS = ("DagsterExecutionInterruptedError", "KeyboardInterrupt")
+
+
+def _chain(error):
+    """An error and every error it was raised from or while handling."""
+    seen = []
+    stack = [error]
+    while stack:
+        e = stack.pop()
+        if e is not None and all(e is not s for s in seen):
+            seen.append(e)
+            stack += [e.cause, e.context]
+    return seen
+
+
+def was_interrupted(result) -> bool:
+    """Whether a step failed because of Ctrl-C / SIGTERM, even where the interrupt landed in
+    code that then failed otherwise (an interrupted torch.save raises a RuntimeError)."""
+    return any(e.cls_name in INTERRUPTS for ev in result.all_events if ev.event_type_value == "STEP_FAILURE"
+               for e in _chain(ev.event_specific_data.error))
+
+
+def stored_in(result) -> list[str]:
+    """The assets (with partition) a run stored before it ended."""
+    out = []
+    for e in result.all_events:
+        if e.event_type_value == "ASSET_MATERIALIZATION":
+            m = e.event_specific_data.materialization
+            out.append(m.asset_key.to_user_string() + (f"[{m.partition}]" if m.partition else ""))
+    return out
+
+
 def failure_lines(result) -> tuple[str, list[tuple[str, str]], bool]:
     """(where, [(key, value)], refused) for a failed `execute_in_process` result; `refused`
-    when the failure is a refusal of bad input (nothing stored was changed)."""
+    when the failure is a refusal of bad input."""
     steps = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
     failed_checks = [c for c in result.get_asset_check_evaluations() if not c.passed]
     if not steps:

@@ -21,7 +21,7 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from components.atomic import atomic_write_dir, path_lock
+from components.atomic import atomic_write_dir, path_lock, recover_dir
 
 BUNDLE_KINDS = ("fr_model", "protected_system")
 
@@ -83,6 +83,7 @@ def store(obj, folder: Path) -> None:
 
 def fetch(folder: Path):
     with path_lock(folder):
+        recover_dir(folder)
         if not (folder / "kind").is_file():
             raise FileNotFoundError(f"{folder}: nothing stored here (materialize the upstream asset first)")
         return _read((folder / "kind").read_text().strip(), folder)

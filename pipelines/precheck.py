@@ -39,10 +39,13 @@ def precheck(args, make_settings):
     except ParamsError as err:
         raise InputProblem("the params file cannot be used",
                            [("file", err.path), *(("problem", p) for p in err.problems), ("fix", err.hint)]) from err
-    if not args.data_dir:
-        return settings
     data = params["data"]
-    root = Path(args.data_dir).expanduser().resolve()
+    if args.data_dir:
+        root = Path(args.data_dir).expanduser().resolve()
+    elif data["source"] == "folder":            # params.yaml names a folder of its own
+        root = settings.path(data["dir"])
+    else:                                       # the synthetic set: generated, never malformed
+        return settings
     try:
         identities = scan_folder(root)
     except DataError as err:

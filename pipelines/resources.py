@@ -40,10 +40,11 @@ class PrivfaceSettings(dg.ConfigurableResource):
             # a user's folder gets its own store and reports, keyed by its full path: two
             # folders of one base name (data/a/faces, data/b/faces) never share them
             key = dataset_key(d)
-            base = load_params(self.params_path, self.profile, validate=False)
+            base = load_params(self.params_path, self.profile)   # checked: its paths are used right here
             overrides = deep_merge(overrides, {"data": {"source": "folder", "dir": str(d), "name": d.name},
                                                "workdir": f"{base['workdir'].rstrip('/')}-{key}",
-                                               "reports_dir": f"{base['reports_dir'].rstrip('/')}/{key}"})
+                                               "reports_dir": f"{base['reports_dir'].rstrip('/')}/"
+                                                              f"{self.profile}-{key}"})
         if self.defenses:
             overrides["defenses"] = [x.strip() for x in self.defenses.split(",") if x.strip()]
         return load_params(self.params_path, self.profile, overrides)
@@ -64,9 +65,12 @@ class PrivfaceSettings(dg.ConfigurableResource):
         return _safe(self.params()["data"]["name"])
 
     def registered_model(self, defense: str) -> str:
-        """The registry name of a defense's models on this dataset: a champion is only ever
-        compared with versions trained on the same data."""
-        return f"{self.params()['mlflow']['registered_model_prefix']}-{self.dataset_key()}-{defense}"
+        """The registry name of a defense's models on this dataset at this image size (the
+        canonical images differ with it): a champion is only ever compared with versions
+        trained on the same data."""
+        params = self.params()
+        return (f"{params['mlflow']['registered_model_prefix']}-{self.dataset_key()}-"
+                f"{params['data']['image_size']}px-{defense}")
 
 
 def _safe(name: str) -> str:

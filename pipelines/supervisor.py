@@ -32,34 +32,50 @@ def _log_path(settings, session: str) -> Path:
     return settings.workdir() / "logs" / f"run-{stamp}-{session[:8]}.log"
 
 
+def _say(text: str) -> None:
+    with contextlib.suppress(OSError):   # the terminal may be gone (SIGHUP)
+        print(text, file=sys.stderr, flush=True)
+
+
 def supervise(args, settings) -> int:
     """Run the stages in a supervised child; its exit code, or 130 when interrupted."""
-    from pipelines.cli import CHILD_ENV, LOG_ENV, ensure_dagster_home
+    from pipelines.cli import CHILD_ENV, CLOSE_ENV, LOG_ENV, ensure_dagster_home
 
     ensure_dagster_home()   # the child and the clean-up use the same instance
     session = uuid.uuid4().hex
     log = _log_path(settings, session)
     env = {**os.environ, CHILD_ENV: session, LOG_ENV: str(log)}
-    child = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *args.argv], env=env,
-                             start_new_session=True)
-    state = {"signals": 0, "deadline": None}
+    command = [sys.executable, "-m", "pipelines.cli", *args.argv]
+    state = {"signals": 0, "deadline": None, "child": None}
 
     def on_signal(signum, _frame):
         state["signals"] += 1
+        child = state["child"]
         if state["signals"] == 1:
-            print(f"\nprivface: stopping (signal {signal.Signals(signum).name}); the last checkpoint is kept. "
-                  "Press Ctrl-C again to stop at once.", file=sys.stderr, flush=True)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child.pid, signal.SIGINT)   # Dagster's interrupt: the step ends, runs are closed
+            _say(f"\nprivface: stopping (signal {signal.Signals(signum).name}); the last checkpoint is kept. "
+                 "Press Ctrl-C again to stop at once.")
+            if child is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child.pid, signal.SIGINT)   # Dagster's interrupt: the step ends, runs are closed
             state["deadline"] = time.monotonic() + GRACE_S
-        else:
+            return
+        if child is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.pid, signal.SIGKILL)
-            if state["signals"] > 2:   # during the clean-up: leave now
-                os._exit(INTERRUPTED)
+        # closing the runs takes seconds (MLflow, Dagster): a detached process does it
+        subprocess.Popen(command, env={**env, CLOSE_ENV: session}, start_new_session=True,
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _say(f"privface: stopped at once; the runs are being marked CANCELED / KILLED in the background "
+             f"(log: {log})")
+        os._exit(INTERRUPTED)
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {s: signal.signal(s, on_signal) for s in handled}   # before the child exists: no gap
     try:
+        child = subprocess.Popen(command, env=env, start_new_session=True)
+        state["child"] = child
+        if state["signals"]:   # a signal came while it was starting
+            os.kill(child.pid, signal.SIGINT)
         while True:
             try:
                 code = child.wait(timeout=0.2)
@@ -77,11 +93,29 @@ def supervise(args, settings) -> int:
                  ("kept", "every stored value and the checkpoints of finished epochs: the same command "
                           "resumes from them"),
                  ("log", str(log))]
-        print(block("interrupted", lines), file=sys.stderr)
+        _say(block("interrupted", lines))
         return INTERRUPTED
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def watch_parent(on_orphaned) -> None:
+    """In the child: when the supervisor is gone (its terminal closed, or it was killed),
+    interrupt this process as Ctrl-C would, and end it if that does not within GRACE_S."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        on_orphaned()
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(GRACE_S)
+        os._exit(INTERRUPTED)
+
+    threading.Thread(target=watch, name="privface-parent-watch", daemon=True).start()
 
 
 def close_interrupted_runs(session: str, settings, log: Path) -> list[str]:

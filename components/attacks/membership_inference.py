@@ -66,6 +66,7 @@ numbers only, no images.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Literal
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +85,7 @@ __all__ = ["ATTACK", "DEFAULTS", "MembershipInference", "identity_signals", "mem
 
 @dataclass
 class MembershipInferenceConfig:
-    score: str = "auto"   # auto | combined | template | confidence
+    score: Literal["auto", "combined", "template", "confidence"] = "auto"   # auto | combined | template | confidence
     target_fpr: float = 1e-2   # the low-FPR operating point (measure key stays tpr_at_fpr_1e-2)
     max_images_per_identity: int = 0   # 0 = all; else a seeded subset per identity (cost knob)
     flip: bool = True   # flip-average templates and logits (insightface protocol)

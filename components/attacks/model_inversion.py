@@ -52,6 +52,7 @@ AdvFace) and judged afresh; the reuse is recorded in the strength (`shared_from`
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Literal
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,7 @@ class ModelInversionConfig:
     steps: int = 100   # Adam steps (200 measured no better on the world or the demo)
     lr: float = 0.1
     scale: float = 8.0   # s in CE(s * cos): the logit scale of the inversion loss
-    init: str = "noise"   # noise | mean_face (mean of the public faces)
+    init: Literal["noise", "mean_face"] = "noise"   # noise | mean_face (mean of the public faces)
     restarts: int = 1   # inversions per target; the attacked model picks the best
     tv: float = 0.05   # total-variation weight
     l2: float = 0.01   # L2 weight (mean squared pixel)

@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -74,7 +75,7 @@ class TemplateInversionConfig:
     weight_decay: float = 0.0
     refine_steps: int = 0     # per-target refinement of the decoder's input code (white box); 0 = off
     refine_lr: float = 0.05
-    architecture: str = "upsample"  # the decoder design: upsample (TemplateDecoder) | mlp (MLPDecoder)
+    architecture: Literal["upsample", "mlp"] = "upsample"  # the decoder design: upsample (TemplateDecoder) | mlp (MLPDecoder)
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:

@@ -286,7 +286,7 @@ def scan_folder(root: str | Path, ignored: list[str] | None = None) -> list[tupl
         entries = list(root.iterdir())
     except OSError as e:
         raise DataError(root, f"cannot list folder: {e.strerror or e}") from e
-    skipped += sorted(p.name for p in entries if p.is_dir() and _hidden(p))
+    skipped += sorted(p.name for p in entries if _hidden(p))
     dirs = sorted((p for p in entries if p.is_dir() and not _hidden(p)), key=lambda p: natural_key(p.name))
     if not dirs:
         raise DataError(root, "no identity folders (expected one sub-folder of images per identity)",
@@ -297,8 +297,10 @@ def scan_folder(root: str | Path, ignored: list[str] | None = None) -> list[tupl
             listing = list(d.iterdir())
         except OSError as e:
             raise DataError(d, f"cannot list folder: {e.strerror or e}") from e
-        skipped += sorted(p.relative_to(root).as_posix() for p in listing if _hidden(p))
-        children = sorted((p for p in listing if not _hidden(p)), key=lambda p: natural_key(p.name))
+        # litter, and what is neither a file nor a folder (a FIFO would block the reader)
+        odd = [p for p in listing if _hidden(p) or not (p.is_file() or p.is_dir())]
+        skipped += sorted(p.relative_to(root).as_posix() for p in odd)
+        children = sorted((p for p in listing if p not in odd), key=lambda p: natural_key(p.name))
         for c in children:
             if c.is_dir():
                 raise DataError(c, "unexpected sub-folder inside an identity folder (expected image files only)",
@@ -350,7 +352,8 @@ def load_image_folder(
         attr_cols, attrs = _read_attributes(attr_path, names)
 
     total = sum(len(files) for _, files in identities)
-    decoded: list[tuple[int, str, Path, np.ndarray, str, str]] = []   # ident, name, file, pixels, content, file hash
+    images = np.empty((total, size, size, 3), dtype=np.uint8)   # filled in place: one copy of the pixels
+    decoded: list[tuple[int, str, Path, int, str, str]] = []    # ident, name, file, row, content, file hash
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, desc=f"ingest {name or root.name}", unit="img", disable=not progress, leave=False)
@@ -358,7 +361,8 @@ def load_image_folder(
         for ident, (ident_name, files) in enumerate(identities):
             for f in files:
                 arr, fhash = decode_image(f, size)
-                decoded.append((ident, ident_name, f, arr, content_hash(arr), fhash))
+                images[len(decoded)] = arr
+                decoded.append((ident, ident_name, f, len(decoded), content_hash(arr), fhash))
                 bar.update(1)
     finally:
         bar.close()
@@ -376,10 +380,11 @@ def load_image_folder(
                                       f"{f.relative_to(root).as_posix()}; at least 2 are needed for verification",
                             hint="add another photo of this person or remove the folder")
 
-    images = np.empty((len(kept), size, size, 3), dtype=np.uint8)
     records = []
-    for i, (ident, ident_name, f, arr, chash, fhash) in enumerate(kept):
-        images[i] = arr
+    for i, (ident, ident_name, f, row, chash, fhash) in enumerate(kept):
+        if row != i:
+            images[i] = images[row]   # compact in place (i < row: rows move only forward)
+        arr = images[i]
         rec = {
             "index": i,
             "path": f.relative_to(root).as_posix(),
@@ -397,6 +402,7 @@ def load_image_folder(
         for c in attr_cols:
             rec[c] = attrs[ident_name][c]
         records.append(rec)
+    images = images[:len(kept)]
 
     manifest = _manifest_frame(records, attr_cols)
     version = _version(size, [(r["path"], r["identity_name"], r["file_hash"]) for r in records], attr_cols, attrs,

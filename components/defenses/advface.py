@@ -60,6 +60,7 @@ import dataclasses
 import hashlib
 import math
 from dataclasses import asdict, dataclass
+from typing import Literal
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +81,7 @@ __all__ = ["AdvFaceConfig", "AdvFaceDefense", "AdvFaceSystem", "ShadowDecoder", 
 @dataclass
 class AdvFaceConfig:
     eps: float = 0.5              # radius of the perturbation ball (templates have norm 1)
-    norm: str = "l2"              # l2 | linf
+    norm: Literal["l2", "linf"] = "l2"              # l2 | linf
     steps: int = 5                # PGD steps
     step_size: float | None = None  # None: 2.5 * eps / steps
     width: int = 8                # channels of the shadow's last hidden stage (earlier: 2x, 4x, ...)

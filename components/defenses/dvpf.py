@@ -149,6 +149,7 @@ import copy
 import dataclasses
 import math
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -172,18 +173,18 @@ __all__ = ["DVPFConfig", "DVPFDefense", "DVPFSystem", "GaussianEncoder", "fresh_
 class DVPFConfig:
     lam: float = 3.0              # leakage weight lambda (the privacy knob)
     beta: float = 1e-3            # information-complexity weight on KL(q(z|x) || N(0, I))
-    mode: str = "genpf"           # genpf (decoder p(x|z) + prior) | dispf
+    mode: Literal["genpf", "dispf"] = "genpf"           # genpf (decoder p(x|z) + prior) | dispf
     z_dim: int = 0                # 0: the baseline feature dimension D
     hidden: int = 256             # encoder / decoder MLP width
     skip: bool = True             # the encoder's linear skip path (identity at the start) beside its MLP
-    head: str = "arcface"         # identity margin head on z (arcface | cosface)
+    head: Literal["arcface", "cosface"] = "arcface"         # identity margin head on z (arcface | cosface)
     s: float = 32.0
     m: float = 0.3
     w_rec: float = 0.1            # GenPF reconstruction weight
     adv_hidden: int = 64          # adversary hidden units
     adv_steps: int = 2            # adversary updates per encoder update
     adv_lr: float = 2e-3
-    adv_loss: str = "confusion"   # confusion | leakage (see module doc)
+    adv_loss: Literal["confusion", "leakage"] = "confusion"   # confusion | leakage (see module doc)
     adv_folds: int = 2            # identity folds of the cross-fitted adversaries
     refit_every: int = 1          # epochs between adversary refits (0 = never)
     refit_steps: int = 200        # full-batch Adam steps of a refit

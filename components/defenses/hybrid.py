@@ -52,6 +52,7 @@ masked public faces 0.773 -> 0.758; u=2 0.582 (with `each`); k fixed at 2 0.842,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
@@ -82,7 +83,7 @@ class HybridConfig:
     policy_lr: float = 0.01
     entropy: float = 0.01           # entropy bonus of the policy
     baseline_momentum: float = 0.9  # moving-average reward baseline
-    mix_margin: str = "weighted"    # margin on a mixture: weighted (per face, by its weight) | each | none
+    mix_margin: Literal["weighted", "each", "none"] = "weighted"    # margin on a mixture: weighted (per face, by its weight) | each | none
     bn_public: bool = True          # BatchNorm statistics re-estimated on single masked public faces
     train: dict = field(default_factory=dict)
     backbone: dict = field(default_factory=dict)

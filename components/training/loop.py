@@ -26,6 +26,7 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +44,10 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 0.1
-    optimizer: str = "sgd"          # "sgd" | "adamw"
+    optimizer: Literal["sgd", "adamw"] = "sgd"          # "sgd" | "adamw"
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "cosine"        # "cosine" | "step"
+    schedule: Literal["cosine", "step"] = "cosine"        # "cosine" | "step"
     milestones: tuple[int, ...] = ()  # epochs at which "step" multiplies the lr by gamma
     gamma: float = 0.1
     warmup_epochs: int = 0          # linear warm-up, per step, before the schedule
@@ -54,7 +55,7 @@ class TrainConfig:
     augment_flip: bool = True       # random horizontal flip
     grad_clip: float | None = 5.0   # max grad norm, per optimizer; None = no clipping
     progress: bool = True
-    amp: str = "auto"               # "auto": bf16 autocast + channels_last only on CUDA; "off"
+    amp: Literal["auto", "off"] = "auto"               # "auto": bf16 autocast + channels_last only on CUDA; "off"
 
     def validate(self) -> None:
         if self.optimizer not in ("sgd", "adamw"):

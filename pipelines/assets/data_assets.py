@@ -33,7 +33,7 @@ DATASET_CHECKS = [
 ]
 SPLIT_CHECKS = [dg.AssetCheckSpec("splits_disjoint", asset="dataset_splits", blocking=True,
                                   description="No identity and no image content in two splits.")]
-LISTED = 50   # duplicates and ignored files listed in metadata and Data Docs (all are counted)
+LISTED = 50   # duplicates and ignored files listed in the asset metadata (Data Docs list them all)
 
 
 def ensure_synthetic(params: dict, settings: PrivfaceSettings, log=None) -> None:
@@ -52,13 +52,27 @@ def duplicate_notes(ds: FaceDataset) -> list[str]:
     if ds.duplicates:
         notes.append(f"**{len(ds.duplicates)} exact duplicate(s) within an identity were kept once** "
                      "(the later copy dropped at ingestion):")
-        notes += [f"- `{d['dropped']}` = `{d['kept']}`" for d in ds.duplicates[:LISTED]]
-        if len(ds.duplicates) > LISTED:
-            notes.append(f"- ... and {len(ds.duplicates) - LISTED} more")
+        notes += [f"- `{d['dropped']}` = `{d['kept']}`" for d in ds.duplicates]   # every one
     if ds.ignored:
-        notes.append(f"{len(ds.ignored)} operating-system file(s) skipped: "
-                     + ", ".join(f"`{p}`" for p in ds.ignored[:LISTED]))
+        notes.append(f"{len(ds.ignored)} operating-system file(s) skipped: " + ", ".join(f"`{p}`" for p in ds.ignored))
     return notes
+
+
+def splits_and_pairs(ds: FaceDataset, data: dict):
+    """(manifest with its split column, verification pairs), or a refusal saying why the
+    dataset cannot be split (too few identities for a split, too few for the pair folds)."""
+    with refuse_bad_input():
+        try:
+            manifest = assign_splits(ds.manifest, data["splits"], seed=data["split_seed"])
+            pairs = make_pairs(manifest, split="test", n_folds=data["pairs"]["folds"],
+                               pairs_per_fold=data["pairs"]["pairs_per_fold"], seed=data["pairs"]["seed"])
+        except DataError:
+            raise
+        except ValueError as err:
+            raise refusal(f"the dataset cannot be split: {err}",
+                          "use a dataset with more identities, or change data.splits / data.pairs in params.yaml",
+                          file=data["dir"]) from err
+    return manifest, pairs
 
 
 def _markdown_duplicates(ds: FaceDataset) -> str:
@@ -99,6 +113,8 @@ def face_dataset(context: dg.AssetExecutionContext, settings: PrivfaceSettings):
         "duplicates_kept_once": len(ds.duplicates),
         "data_docs": str(report.docs_index) if report.docs_index else "none"})
 
+    if not schema_error and report.success:
+        splits_and_pairs(ds, data)   # a set that cannot be split is refused here, before it is stored
     if schema_error or not report.success:
         what = "; ".join(([schema_error] if schema_error else []) + problems)
         raise refusal(f"the dataset was refused by its checks: {what}",
@@ -130,15 +146,7 @@ def face_dataset(context: dg.AssetExecutionContext, settings: PrivfaceSettings):
           description="Identity-disjoint train/test/public splits and LFW-style verification pairs in 10 folds.")
 def dataset_splits(context: dg.AssetExecutionContext, settings: PrivfaceSettings, face_dataset: FaceDataset):
     data = settings.params()["data"]
-    with refuse_bad_input():
-        try:
-            manifest = assign_splits(face_dataset.manifest, data["splits"], seed=data["split_seed"])
-        except ValueError as err:
-            if isinstance(err, DataError):
-                raise
-            raise refusal(str(err), "use a dataset with more identities, or change data.splits in params.yaml")
-    pairs = make_pairs(manifest, split="test", n_folds=data["pairs"]["folds"],
-                       pairs_per_fold=data["pairs"]["pairs_per_fold"], seed=data["pairs"]["seed"])
+    manifest, pairs = splits_and_pairs(face_dataset, data)
     problems = check_disjoint(manifest)
     yield dg.AssetCheckResult(check_name="splits_disjoint", passed=not problems,
                               metadata={"problems": dg.MetadataValue.json(problems[:20]), "count": len(problems)})

@@ -202,6 +202,26 @@ def test_two_folders_of_one_name_run_at_once_without_sharing_anything(tmp_path, 
     assert all(models[n] == ({"champion": 1}, [1]) for n in names)        # each its own champion
 
 
+def _closed(dagster_run_prefix: str | None, mlflow_uri: str, since: set[str], timeout: float = 90.0):
+    """Wait until the Dagster run started after `since` is CANCELED and none of its MLflow runs
+    is RUNNING; returns (run, {asset: MLflow status})."""
+    instance = dg.DagsterInstance.get()
+    client = mlflow.MlflowClient(mlflow_uri, mlflow_uri)
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = [r for r in instance.get_runs() if r.run_id not in since
+                and (dagster_run_prefix is None or r.run_id.startswith(dagster_run_prefix))]
+        if runs:
+            (run,) = runs
+            exp = client.get_experiment_by_name("privface")
+            ml = {r.data.tags["asset"]: r.info.status for r in client.search_runs(
+                [exp.experiment_id], filter_string=f"tags.dagster_run_id = '{run.run_id}'")}
+            if run.status == dg.DagsterRunStatus.CANCELED and "RUNNING" not in ml.values():
+                return run, ml
+        assert time.monotonic() < deadline, f"runs not closed: {[(r.run_id, r.status) for r in runs]}"
+        time.sleep(0.5)
+
+
 def test_ctrl_c_stops_training_within_seconds_and_closes_the_runs(tmp_path, att_faces_dir, env, mlflow_uri,
                                                                  dagster_home):
     faces = orl_copy(att_faces_dir, tmp_path / "faces", identities=12)
@@ -213,7 +233,10 @@ def test_ctrl_c_stops_training_within_seconds_and_closes_the_runs(tmp_path, att_
     settings = PrivfaceSettings(profile="ci", data_dir=str(faces), params_path=str(params))
     checkpoints = settings.workdir() / "checkpoints" / "baseline"
     log = tmp_path / "cli.log"
-    for presses in (1, 2):
+    # one Ctrl-C; two at once; the supervisor killed (its terminal gone): each ends the training,
+    # keeps the checkpoint and closes the runs; the next run resumes from the checkpoint
+    for how in ("ctrl-c", "ctrl-c twice", "supervisor killed"):
+        before = {r.run_id for r in dg.DagsterInstance.get().get_runs()}
         with open(log, "w") as out:
             proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", "--profile", "ci", "--params",
                                      str(params), "--data-dir", str(faces)], cwd=ROOT, env=env, stdout=out,
@@ -224,29 +247,39 @@ def test_ctrl_c_stops_training_within_seconds_and_closes_the_runs(tmp_path, att_
                     time.sleep(0.1)
                 time.sleep(0.5)
                 pressed = time.monotonic()
-                for _ in range(presses):
-                    proc.send_signal(signal.SIGINT)
-                    time.sleep(0.05)
+                if how == "supervisor killed":
+                    proc.send_signal(signal.SIGKILL)
+                else:
+                    for _ in range(how.count("ctrl-c") + how.count("twice")):
+                        proc.send_signal(signal.SIGINT)
+                        time.sleep(0.05)
                 code = proc.wait(timeout=120)
                 stopped_after = time.monotonic() - pressed
             finally:
                 if proc.poll() is None:
                     proc.kill()
         text = log.read_text()
-        assert code == 130, text[-3000:]
-        assert stopped_after < 60, f"took {stopped_after:.0f} s to stop"   # 5000 epochs would take far longer
         lines = text.rstrip().splitlines()
-        assert lines[-4] == "privface: interrupted"
-        assert lines[-3].startswith("  stopped: prepare (Dagster run ") and lines[-3].endswith(", now CANCELED)")
-        run_id_prefix = lines[-3].split("Dagster run ")[1][:8]
-        instance = dg.DagsterInstance.get()
-        (run,) = [r for r in instance.get_runs() if r.run_id.startswith(run_id_prefix)]
-        assert run.status == dg.DagsterRunStatus.CANCELED
-        client = mlflow.MlflowClient(mlflow_uri, mlflow_uri)
-        exp = client.get_experiment_by_name("privface")
-        ml_runs = client.search_runs([exp.experiment_id], filter_string=f"tags.dagster_run_id = '{run.run_id}'")
-        assert {r.data.tags["asset"]: r.info.status for r in ml_runs}["baseline"] == "KILLED"
-        assert all(r.info.status != "RUNNING" for r in ml_runs)
+        if how == "ctrl-c":
+            assert code == 130, text[-3000:]
+            assert stopped_after < 60, f"took {stopped_after:.0f} s to stop"   # 5000 epochs take far longer
+            assert lines[-4] == "privface: interrupted"
+            assert lines[-3].startswith("  stopped: prepare (Dagster run ") and lines[-3].endswith(", now CANCELED)")
+            prefix = lines[-3].split("Dagster run ")[1][:8]
+        elif how == "ctrl-c twice":
+            assert code == 130 and stopped_after < 10, (code, stopped_after, text[-3000:])
+            assert lines[-1].startswith("privface: stopped at once; the runs are being marked CANCELED / KILLED")
+            prefix = None
+        else:
+            assert code == -signal.SIGKILL
+            prefix = None
+        run, ml = _closed(prefix, mlflow_uri, before)
+        assert ml["baseline"] == "KILLED", (how, ml)
         assert list(checkpoints.glob("*/last.pt"))                        # the last checkpoint is kept
-    assert not [line for line in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-                .splitlines() if str(params) in line]                    # no orphaned child or worker
+        done = json.loads(json.dumps(run.tags))                           # (a plain dict for the message)
+        assert done["privface/trigger"] == "cli"
+    deadline = time.monotonic() + 60
+    while [line for line in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+           .splitlines() if str(params) in line]:                        # no orphaned child or worker
+        assert time.monotonic() < deadline, "a child of the interrupted runs is still alive"
+        time.sleep(0.5)

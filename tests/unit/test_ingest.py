@@ -154,10 +154,12 @@ def test_operating_system_litter_is_skipped_and_listed(tmp_path, make_face_folde
     (root / "__MACOSX" / "id_0000").mkdir(parents=True)
     (root / "__MACOSX" / "id_0000" / "._00.png").write_bytes(b"x")
     (root / "@eaDir").mkdir()
+    (root / "THUMBS.DB").write_bytes(b"x")                          # names compared case-insensitively
+    os.mkfifo(root / "id_0001" / "pipe")                            # would block a reader forever
     ds = load_image_folder(root, size=8, progress=False)
     assert len(ds) == 4 and set(ds.manifest["identity_name"]) == {"id_0000", "id_0001"}
-    assert set(ds.ignored) == {"@eaDir", "__MACOSX", "id_0000/Thumbs.db", "id_0000/desktop.ini",
-                               "id_0001/._00.png", "id_0001/__MACOSX"}
+    assert set(ds.ignored) == {"@eaDir", "__MACOSX", "THUMBS.DB", "id_0000/Thumbs.db", "id_0000/desktop.ini",
+                               "id_0001/._00.png", "id_0001/__MACOSX", "id_0001/pipe"}
 
 
 def test_the_store_keeps_the_duplicates_and_the_ignored_files(tmp_path, make_face_folder):

@@ -30,6 +30,37 @@ def test_a_failed_write_keeps_the_previous_value(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name != ".x.lock"] == ["x"]
 
 
+def test_an_interrupt_or_a_kill_between_the_two_renames_keeps_the_previous_value(tmp_path, monkeypatch):
+    import os
+
+    from components import atomic
+
+    store({"v": 1}, tmp_path / "x")
+    real = os.replace
+    calls = []
+
+    def interrupted(src, dst):   # Ctrl-C lands right after the old folder was moved aside
+        real(src, dst)
+        calls.append(dst)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(atomic.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        store({"v": 2}, tmp_path / "x")
+    monkeypatch.setattr(atomic.os, "replace", real)
+    assert fetch(tmp_path / "x") == {"v": 1}
+    # a SIGKILL at the same moment leaves the old value aside and no folder: the next read
+    # puts it back
+    aside = tmp_path / ".x.old-killed"
+    aside.mkdir()
+    real(tmp_path / "x", aside / "x")
+    assert fetch(tmp_path / "x") == {"v": 1} and not aside.exists()
+    store({"v": 3}, tmp_path / "x")
+    assert fetch(tmp_path / "x") == {"v": 3}
+    assert [p.name for p in tmp_path.iterdir() if p.name != ".x.lock"] == ["x"]
+
+
 def test_unknown_types_and_missing_values_are_named(tmp_path):
     with pytest.raises(TypeError, match="cannot store"):
         store(np.zeros(3), tmp_path / "z")
