@@ -119,6 +119,18 @@ def dvc_data_md5(dvc_file: Path = PROJECT_ROOT / "data.dvc") -> str:
     return str(outs[0].get("md5", "none")) if outs else "none"
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """An interrupt (not an Exception), or an error raised while one was being handled (an
+    interrupt inside torch.save surfaces as a RuntimeError)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if not isinstance(exc, Exception):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def _sqlite_path(uri: str) -> Path | None:
     """The file of a `sqlite:////abs/path` store URI, else None (a server, a database)."""
     return Path(uri[len("sqlite:///"):]) if uri.startswith("sqlite:///") else None
@@ -252,7 +264,7 @@ class MLflowResource(dg.ConfigurableResource):
                 _retry(lambda: mlflow.set_tags(all_tags))
                 yield r
         except BaseException as exc:
-            if not isinstance(exc, Exception):   # Ctrl-C / SIGTERM (Dagster's interrupt): KILLED, not FAILED
+            if _interrupted(exc):   # Ctrl-C / SIGTERM (Dagster's interrupt): KILLED, not FAILED
                 with contextlib.suppress(Exception):
                     _retry(lambda: client.set_terminated(active.info.run_id, "KILLED"), attempts=3)
             raise
