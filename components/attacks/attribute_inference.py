@@ -70,6 +70,7 @@ from components.attacks.base import AttackContext, AttackResult, NotApplicable
 from components.attacks.measures import frozen
 from components.data.schema import attribute_columns
 from components.defenses.base import ProtectedSystem
+from components.metrics.advantage import rescaled
 from components.metrics.embeddings import extract_features
 
 __all__ = ["ATTACK", "DEFAULTS", "AttributeInference", "leakage_measures", "probe_attribute", "templates"]
@@ -101,7 +102,7 @@ def templates(system: ProtectedSystem, images: np.ndarray, flip: bool = True, ba
 
 
 def leakage_measures(y: np.ndarray, proba: np.ndarray) -> dict:
-    """{"balanced_accuracy", "chance", "leakage_bits"} of held-out class probabilities
+    """{"balanced_accuracy", "chance", "leakage_bits", "advantage"} of held-out class probabilities
     ``proba`` (N, K) for integer labels ``y`` in 0..K-1 (every class present in y)."""
     y = np.asarray(y, dtype=np.int64)
     k = proba.shape[1]
@@ -112,11 +113,9 @@ def leakage_measures(y: np.ndarray, proba: np.ndarray) -> dict:
     p = np.clip(proba, _P_FLOOR, None)
     p = p / p.sum(axis=1, keepdims=True)
     ce = float(-np.mean(np.log(p[np.arange(len(y)), y])))
-    return {
-        "balanced_accuracy": float(balanced_accuracy_score(y, p.argmax(axis=1))),
-        "chance": 1.0 / int(present.sum()),
-        "leakage_bits": max(0.0, h - ce) / math.log(2.0),
-    }
+    bacc, chance = float(balanced_accuracy_score(y, p.argmax(axis=1))), 1.0 / int(present.sum())
+    return {"balanced_accuracy": bacc, "chance": chance, "leakage_bits": max(0.0, h - ce) / math.log(2.0),
+            "advantage": rescaled(bacc, chance)}
 
 
 def _fit(x, y, p: dict, seed: int):
@@ -259,6 +258,7 @@ class AttributeInference:
         measures, details = {}, {}
         for a in probeable:
             measures[a], details[a] = probe_attribute(z, part[a].astype(str).to_numpy(), groups, p, seed=ctx.seed)
+        measures["advantage"] = max(measures[a]["advantage"] for a in probeable)   # the most leaked attribute
         hidden = "-".join(str(int(h)) for h in p["hidden"])
         strength = {
             "probe": f"MLP({hidden})",

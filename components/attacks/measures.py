@@ -1,17 +1,8 @@
-"""Measures shared by the reconstruction attacks (DESIGN.md section 7) and the plumbing
-they share: which images an attacker may train on and which images are targets.
+"""The plumbing the reconstruction attacks share: which images an attacker may train on
+and which are targets, the training loop of their networks, and their metrics.json block.
+The measures themselves (SSIM/PSNR, SAR and its threshold) live in
+components.metrics.reconstruction.
 
-* Visual similarity: SSIM and PSNR (torchmetrics) of a reconstruction against its source.
-  Images are float tensors in [-1, 1], so both use an explicit ``data_range=2.0`` (the
-  width of that interval): SSIM's stabilisers are C1 = (0.01 * 2)^2, C2 = (0.03 * 2)^2 and
-  PSNR = 10 log10(2^2 / MSE). Both are computed per image and averaged over images.
-* SAR, the successful attack rate of Mai et al. ("On the reconstruction of face images
-  from deep face templates", TPAMI 2019, type-I / type-II attacks): the share of
-  reconstructions that the independent evaluation FR model accepts, at the threshold
-  where its false-match rate on the clean test pairs is `far` (1e-3), against the source
-  image (type 1) and against another image of the same identity (type 2). Scores are
-  cosine similarities of flip-averaged, L2-normalised evaluation features, as in the
-  verification protocol (components.metrics).
 * Grids: originals above reconstructions, written only for PUBLIC identities (the
   attacker's own data); private faces never leave the run as pictures.
 * Plumbing: `target_set` (the private test images, each with a partner image of the same
@@ -36,23 +27,17 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch import nn
-from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from components.attacks.base import NotApplicable
 from components.config import config_from  # noqa: F401  (re-exported: attacks read their params with it)
-from components.metrics.embeddings import extract_features, to_model_tensor
-from components.metrics.verification import roc
+from components.metrics.advantage import ratio_to_ceiling
+from components.metrics.embeddings import to_model_tensor
+from components.metrics.reconstruction import (_as_float_images, accept_rate, evaluation_features, judge_threshold,
+                                               ssim_psnr)
 
 __all__ = [
-    "DATA_RANGE",
-    "PSNR_CAP_DB",
-    "ssim_psnr",
     "sar_threshold",
-    "threshold_at_far",
-    "sar",
-    "accept_rate",
     "reconstruction_grid",
-    "evaluation_features",
     "Targets",
     "target_set",
     "public_set",
@@ -63,145 +48,13 @@ __all__ = [
     "batched",
 ]
 
-DATA_RANGE = 2.0          # images live in [-1, 1]
-PSNR_CAP_DB = 100.0       # per-image PSNR of identical images (MSE = 0) is capped here, not inf
-
-
-# --------------------------------------------------------------------------- image measures
-
-
-def _as_float_images(x, what: str) -> torch.Tensor:
-    """uint8 (N, H, W, 3) numpy or float (N, 3, H, W) in [-1, 1] -> float32 CPU tensor."""
-    if isinstance(x, np.ndarray) and x.dtype == np.uint8:
-        return to_model_tensor(x)
-    t = torch.as_tensor(x)
-    if not torch.is_floating_point(t):
-        raise ValueError(f"{what}: expected uint8 (N, H, W, 3) numpy or float (N, 3, H, W), got {t.dtype}")
-    if t.ndim != 4 or t.shape[1] != 3:
-        raise ValueError(f"{what}: expected (N, 3, H, W) float images, got shape {tuple(t.shape)}")
-    return t.detach().to("cpu", torch.float32)
-
-
-def ssim_psnr(recon, target) -> tuple[float, float]:
-    """(mean SSIM, mean PSNR in dB) of reconstructions against their targets.
-
-    Inputs are float (N, 3, H, W) in [-1, 1] (or uint8 (N, H, W, 3)); data_range = 2.0, the
-    width of [-1, 1]. SSIM: torchmetrics, gaussian window 11 / sigma 1.5, per image then
-    averaged. PSNR: torchmetrics per image (dim = C, H, W), each capped at PSNR_CAP_DB so
-    that an exact copy gives a finite number, then averaged.
-    """
-    r = _as_float_images(recon, "recon")
-    t = _as_float_images(target, "target")
-    if r.shape != t.shape:
-        raise ValueError(f"recon {tuple(r.shape)} and target {tuple(t.shape)} differ in shape")
-    if r.shape[0] == 0:
-        raise ValueError("no images given")
-    r = r.clamp(-1.0, 1.0)
-    ssim = StructuralSimilarityIndexMeasure(data_range=DATA_RANGE, reduction="elementwise_mean")
-    psnr = PeakSignalNoiseRatio(data_range=DATA_RANGE, reduction="none", dim=(1, 2, 3))
-    s = float(ssim(r, t))
-    p = psnr(r, t).clamp(max=PSNR_CAP_DB)
-    return s, float(p.mean())
-
-
-# --------------------------------------------------------------------------- SAR
-
-
-def _backbone(evaluation) -> nn.Module:
-    return evaluation.backbone if hasattr(evaluation, "backbone") else evaluation
-
-
-def evaluation_features(evaluation, images, batch_size: int = 256) -> np.ndarray:
-    """Flip-averaged, L2-normalised features of the evaluation model (FRModel or module),
-    for uint8 (N, H, W, 3) or float (N, 3, H, W) images in [-1, 1]. Runs in eval mode."""
-    net = _backbone(evaluation)
-    was_training = net.training
-    net.eval()
-    try:
-        device = next(net.parameters()).device
-        f = extract_features(net, images, batch_size=batch_size, flip=True, device=device)
-    finally:
-        net.train(was_training)
-    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
-
-
-def sar_threshold(evaluation, images: np.ndarray, manifest: pd.DataFrame, pairs: pd.DataFrame,
-                  far: float = 1e-3) -> float:
-    """Cosine threshold of the evaluation model at false-match rate `far` on the clean pairs.
-
-    `images` is the uint8 store indexed by manifest `index`; `pairs` has columns a, b
-    (manifest indices) and label (1 genuine, 0 impostor). The threshold is read off the
-    same ROC as components.metrics.verification (`roc`, linear interpolation between its
-    points, the point at fpr == far itself when it exists): on the ROC segment that
-    contains fpr = far, the threshold is interpolated between the segment's two score
-    thresholds with the same weight as TAR is in `tar_at_far`. When no score lies above
-    the highest impostor (the segment starts at +inf) the highest impostor score is used,
-    so that the rule `cosine > threshold` accepts no impostor there. With n impostor pairs
-    and far < 1/n this is (about) the highest impostor score: FMR is then 0 on the pairs.
-    """
-    rows = _pair_rows(pairs)
-    if rows.min() < 0 or rows.max() >= len(images):
-        raise ValueError(f"pairs index images outside the store (range {rows.min()}..{rows.max()}, "
-                         f"{len(images)} images)")
-    del manifest  # pairs carry manifest indices == rows of the image store
-    return _threshold_from_features(evaluation_features(evaluation, images[rows]), rows, pairs, far)
-
-
-def threshold_at_far(scores: np.ndarray, labels: np.ndarray, far: float = 1e-3) -> float:
-    """The `sar_threshold` rule on given similarity scores and 1/0 labels (see there)."""
-    far = float(far)
-    if not (0.0 < far < 1.0):
-        raise ValueError(f"far must be in (0, 1), got {far}")
-    fpr, _, thr = roc(scores, labels)
-    j = int(np.searchsorted(fpr, far, side="right")) - 1
-    if fpr[j] == far or j == fpr.shape[0] - 1:
-        t = float(thr[j])
-        return t if np.isfinite(t) else float(thr[1])
-    w = (far - fpr[j]) / (fpr[j + 1] - fpr[j])
-    hi, lo = thr[j], thr[j + 1]
-    if not np.isfinite(hi):
-        return float(lo)
-    return float(hi + w * (lo - hi))
-
-
-def _pair_rows(pairs: pd.DataFrame) -> np.ndarray:
-    return np.unique(np.concatenate([pairs["a"].to_numpy(), pairs["b"].to_numpy()]))
-
-
-def _threshold_from_features(feats: np.ndarray, rows: np.ndarray, pairs: pd.DataFrame, far: float) -> float:
-    """Threshold from L2-normalised features `feats[i]` of manifest index `rows[i]`."""
-    pos = pd.Series(np.arange(len(rows)), index=rows)
-    fa = feats[pos[pairs["a"].to_numpy()].to_numpy()]
-    fb = feats[pos[pairs["b"].to_numpy()].to_numpy()]
-    scores = np.einsum("ij,ij->i", fa, fb).astype(np.float64)
-    return threshold_at_far(scores, pairs["label"].to_numpy(), far)
-
-
-def accept_rate(f_recon: np.ndarray, f_ref: np.ndarray, threshold: float) -> float:
-    """Share of rows whose cosine (rows L2-normalised) is > threshold."""
-    if f_recon.shape != f_ref.shape:
-        raise ValueError(f"feature shapes differ: {f_recon.shape} vs {f_ref.shape}")
-    return float(np.mean(np.einsum("ij,ij->i", f_recon, f_ref) > threshold))
-
-
-def sar(evaluation, recon, sources, others, threshold: float) -> tuple[float, float]:
-    """(SAR type 1, SAR type 2): share of reconstructions whose evaluation cosine with the
-    source image (type 1) / with another image of the same identity (type 2) is > threshold.
-
-    recon[i] reconstructs sources[i]; others[i] is another image of sources[i]'s identity
-    (None: type 2 is NaN). Images as in `evaluation_features`. Sanity anchors: the sources
-    themselves as `recon` give type 1 = 1 (cosine 1 > any threshold < 1); type 2 of the
-    sources is the evaluation model's own TAR on those pairs, the ceiling of type 2.
-    """
-    fr = evaluation_features(evaluation, recon)
-    fs = evaluation_features(evaluation, sources)
-    type1 = accept_rate(fr, fs, threshold)
-    if others is None:
-        return type1, float("nan")
-    return type1, accept_rate(fr, evaluation_features(evaluation, others), threshold)
-
-
-# --------------------------------------------------------------------------- grid
+def sar_threshold(evaluation, images: np.ndarray, manifest: pd.DataFrame, far: float = 1e-3,
+                  split: str = "test") -> float:
+    """The judge's cosine threshold at false-match rate `far` over every cross-identity pair
+    of `split`'s images (components.metrics.reconstruction.judge_threshold)."""
+    part = manifest[manifest["split"] == split].sort_values("index")
+    feats = evaluation_features(evaluation, images[part["index"].to_numpy()])
+    return judge_threshold(feats, part["identity"].to_numpy(), far)[0]
 
 
 def _to_uint8_hwc(x) -> np.ndarray:
@@ -249,12 +102,14 @@ def reconstruction_grid(originals, recons, path, n: int = 8, *, splits: Sequence
 @dataclass
 class Targets:
     """Private enrolled images an attack reconstructs: rows (manifest indices, index
-    order), images float (N, 3, H, W) in [-1, 1], and for type-2 SAR `partner[i]`, the
-    position of the next image of the same identity (wrapping), -1 when there is none."""
+    order), images float (N, 3, H, W) in [-1, 1], their identities, and for type-2 SAR
+    `partner[i]`, the position of the next image of the same identity (wrapping), -1 when
+    there is none."""
 
     rows: np.ndarray
     images: torch.Tensor
     partner: np.ndarray
+    identities: np.ndarray
 
 
 def target_set(images: np.ndarray, manifest: pd.DataFrame, split: str = "test") -> Targets:
@@ -268,7 +123,7 @@ def target_set(images: np.ndarray, manifest: pd.DataFrame, split: str = "test") 
         pos = np.flatnonzero(ident == pid)
         if len(pos) > 1:
             partner[pos] = np.roll(pos, -1)
-    return Targets(rows=rows, images=to_model_tensor(images[rows]), partner=partner)
+    return Targets(rows=rows, images=to_model_tensor(images[rows]), partner=partner, identities=ident)
 
 
 def public_set(images: np.ndarray, manifest: pd.DataFrame, holdout: float = 0.1,
@@ -285,29 +140,29 @@ def public_set(images: np.ndarray, manifest: pd.DataFrame, holdout: float = 0.1,
     return to_model_tensor(images[train]), to_model_tensor(images[hold]) if n_hold else torch.empty(0)
 
 
-def reconstruction_measures(evaluation, recons: torch.Tensor, targets: Targets, pairs: pd.DataFrame,
-                            far: float = 1e-3) -> tuple[dict, float]:
+def reconstruction_measures(evaluation, recons: torch.Tensor, targets: Targets, far: float = 1e-3) -> tuple[dict, float]:
     """(the metrics.json block of a reconstruction attack, the SAR threshold used).
 
     ssim is clipped to [0, 1] (a negative mean SSIM carries no more of the face than 0);
-    psnr_db; sar_type1 / sar_type2 as in `sar`, at `sar_threshold(..., far)` on `pairs`.
-    Each image's evaluation features are computed once: the test pairs' images are among
-    the targets, so their features serve the threshold too. Type 2 runs over the targets
-    that have a partner (all of them under the data contract)."""
+    psnr_db; sar_type1 / sar_type2 as in `sar`, at the judge's threshold over every
+    cross-identity pair of the targets (the test identities); `sar_ceiling`, the judge's
+    acceptance of each target's genuine partner (what a perfect reconstruction gets), and
+    `advantage` = sar_type2 / sar_ceiling; `impostor_pairs` behind the threshold. Each
+    image's judge features are computed once. Type 2 runs over the targets that have a
+    partner (all of them under the data contract)."""
     has = np.flatnonzero(targets.partner >= 0)
     if len(has) == 0:   # cannot happen with the data contract (>= 2 images per identity)
         raise NotApplicable("no target identity has a second image: SAR type 2 is undefined")
     s, p = ssim_psnr(recons, targets.images)
     fs = evaluation_features(evaluation, targets.images)
-    rows = _pair_rows(pairs)
-    if not np.isin(rows, targets.rows).all():
-        raise ValueError("the verification pairs refer to images outside the targets (expected clean test pairs)")
-    threshold = _threshold_from_features(fs, targets.rows, pairs, far)
+    threshold, impostors = judge_threshold(fs, targets.identities, far)
     fr = evaluation_features(evaluation, recons)
     s1 = accept_rate(fr, fs, threshold)
     s2 = accept_rate(fr[has], fs[targets.partner[has]], threshold)
+    ceiling = accept_rate(fs[has], fs[targets.partner[has]], threshold)
     measures = {"ssim": float(min(1.0, max(0.0, s))), "psnr_db": float(p),
-                "sar_type1": float(s1), "sar_type2": float(s2)}
+                "sar_type1": float(s1), "sar_type2": float(s2), "sar_ceiling": float(ceiling),
+                "advantage": ratio_to_ceiling(s2, ceiling), "impostor_pairs": int(impostors)}
     return measures, threshold
 
 
@@ -452,7 +307,7 @@ def reconstruction_result(ctx, cfg, name: str, data: ReconstructionData, recons:
                           grid_recons: torch.Tensor | None) -> tuple[dict, float, dict]:
     """(measures, SAR threshold, artifacts) of a reconstruction attack; the grid shows
     held-out public images only."""
-    measures, threshold = reconstruction_measures(ctx.evaluation, recons, data.targets, ctx.pairs, far=cfg.far)
+    measures, threshold = reconstruction_measures(ctx.evaluation, recons, data.targets, far=cfg.far)
     workdir = Path(ctx.workdir) if ctx.workdir is not None else Path(tempfile.mkdtemp(prefix=f"privface-{name}-"))
     artifacts = {}
     if grid_recons is not None:

@@ -36,7 +36,7 @@ upwards -- by about one standard error at these identity counts -- even on a mod
 never saw anyone; the per-signal AUCs are logged in the strength for diagnosis only.)
 
 Measures (members = train-split identities, label 1; non-members = test-split identities,
-label 0; scikit-learn ``roc_auc_score`` / ``roc_curve``):
+label 0; scikit-learn ``roc_auc_score``, TPR at FPR as in components.metrics.operating_point):
 
 * ``auc``: area under the ROC of the membership score.
 * ``tpr_at_fpr_1e-2``: TPR at FPR = 1e-2 read off the ROC conservatively (the best TPR
@@ -44,8 +44,8 @@ label 0; scikit-learn ``roc_auc_score`` / ``roc_curve``):
   Inference Attacks From First Principles", S&P 2022, report this low-FPR regime). With
   fewer than 100 non-member identities this is the TPR at FPR = 0: the share of members
   scoring above every non-member.
-* ``advantage``: 2 * AUC - 1, raw (it can be negative, by chance, when the attack fails;
-  the report floors it at 0 before it enters the privacy score).
+* ``advantage``: max(0, 2 * AUC - 1) (components.metrics.advantage), with
+  ``tpr_at_fpr_1e-3`` and the counts ``n_members`` / ``n_non_members`` behind every rate.
 
 The strength also records the *calibrated* operating point: the TPR and FPR the
 public-quantile threshold actually achieves on the targets -- what an attacker without
@@ -72,12 +72,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_auc_score
 
 from components.attacks.base import AttackContext, AttackResult, NotApplicable
 from components.attacks.measures import frozen
 from components.defenses.base import ProtectedSystem
+from components.metrics.advantage import from_auc
 from components.metrics.embeddings import extract_features, to_model_tensor
+from components.metrics.operating_point import positive_rate_at
 from components.metrics.plots import roc_plot
 
 __all__ = ["ATTACK", "DEFAULTS", "MembershipInference", "identity_signals", "membership_measures",
@@ -100,13 +102,17 @@ _MIN_STD = 1e-6
 
 
 def tpr_at_fpr(labels, scores, fpr_target: float) -> float:
-    """Best TPR among ROC points with FPR <= fpr_target (no interpolation: conservative)."""
-    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
-    return float(tpr[fpr <= fpr_target + 1e-12].max())
+    """TPR at FPR `fpr_target` in the project's one convention (components.metrics.
+    operating_point: at most floor(fpr * n) non-members above the threshold, no interpolation)."""
+    y = np.asarray(labels).astype(bool)
+    s = np.asarray(scores, dtype=np.float64)
+    return positive_rate_at(s[y], s[~y], fpr_target)[0]
 
 
 def membership_measures(labels, scores, fpr_target: float = 1e-2) -> dict:
-    """{"auc", "tpr_at_fpr_1e-2", "advantage"} for membership labels (1 member) and scores."""
+    """{"auc", "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3", "advantage", "n_members", "n_non_members"}
+    for membership labels (1 member) and scores; advantage = max(0, 2 AUC - 1). With fewer
+    than 1 / fpr non-members a TPR at that FPR is the TPR at FPR 0 (the counts say so)."""
     y = np.asarray(labels).astype(int)
     s = np.asarray(scores, dtype=np.float64)
     if y.min() == y.max():
@@ -114,7 +120,8 @@ def membership_measures(labels, scores, fpr_target: float = 1e-2) -> dict:
     if not np.all(np.isfinite(s)):
         raise ValueError("membership scores must be finite")
     auc = float(roc_auc_score(y, s))
-    return {"auc": auc, "tpr_at_fpr_1e-2": tpr_at_fpr(y, s, fpr_target), "advantage": 2.0 * auc - 1.0}
+    return {"auc": auc, "tpr_at_fpr_1e-2": tpr_at_fpr(y, s, fpr_target), "tpr_at_fpr_1e-3": tpr_at_fpr(y, s, 1e-3),
+            "advantage": from_auc(auc), "n_members": int(y.sum()), "n_non_members": int((y == 0).sum())}
 
 
 def _has_head(system: ProtectedSystem, probe: torch.Tensor) -> bool:

@@ -64,6 +64,7 @@ from components.attacks.base import AttackContext, AttackResult, NotApplicable
 from components.attacks.sharing import computed_or_shared
 from components.data.views import split_view
 from components.defenses.base import ProtectedSystem
+from components.metrics.advantage import rescaled
 from components.metrics.embeddings import to_model_tensor
 
 __all__ = ["ATTACK", "DEFAULTS", "ModelInversion", "invert", "judge", "total_variation"]
@@ -318,6 +319,8 @@ class ModelInversion:
         keep = np.isin(train_y, targets)
         measures = judge(ctx.evaluation, inversions, target_labels, to_model_tensor(train_x[keep]),
                          torch.as_tensor(train_y[keep]))
+        measures["chance"] = 1.0 / num_classes   # the judge picks among the training identities
+        measures["advantage"] = rescaled(measures["top1"], measures["chance"])
 
         artifacts: dict[str, Path] = {}
         if p["save_grid"] and ctx.workdir is not None:

@@ -16,10 +16,13 @@ whose evaluation-model feature is nearest by cosine:
   nearest to its source).
 
 Judge: the independent evaluation FR model (flip-averaged, L2-normalised features,
-components.attacks.measures.evaluation_features), never the attacked model. Similarities
+components.metrics.reconstruction.evaluation_features), never the attacked model. Similarities
 are computed in row chunks of ``chunk`` so that a large N never builds an N x N matrix.
-The strength also records top-5 of the unmasked copies, the identity hit rate (nearest
-original is of the same person, a weaker leak: 1/identities by chance) and chance top-1.
+* ``identity_top1``: share whose nearest original is of the same person (FaceMAE's claim is
+  about identities), ``identity_chance`` its rate for a random original (sum n_i^2 / N^2),
+  and ``advantage`` the first rescaled by the second (components.metrics.advantage).
+
+The strength also records top-5 of the unmasked copies and chance top-1.
 
 Threat model: the attacker sees the published training images and, worst case, holds the
 originals (e.g. a leaked or scraped gallery); it needs no access to the model. Applies only
@@ -37,7 +40,9 @@ import torch
 from PIL import Image
 
 from components.attacks.base import AttackContext, AttackResult, NotApplicable
-from components.attacks.measures import config_from, evaluation_features
+from components.attacks.measures import config_from
+from components.metrics.advantage import rescaled
+from components.metrics.reconstruction import evaluation_features
 from components.defenses.base import ProtectedSystem
 from components.metrics.embeddings import to_model_tensor
 
@@ -104,11 +109,15 @@ class RetrievalLeakage:
         top1, top5 = hit_rates(nearest)
         raw_top1, raw_top5 = hit_rates(retrieval_ranks(f_raw, f_orig, 5, cfg.chunk))
         ident = part["identity"].to_numpy()
+        identity_top1 = float(np.mean(ident[nearest[:, 0]] == ident))
+        sizes = np.unique(ident, return_counts=True)[1]
+        identity_chance = float(np.sum(sizes.astype(np.float64) ** 2) / len(ident) ** 2)   # a random original
         strength = {"originals": int(len(originals)), "judge": "evaluation model",
                     "unmasked_copies": f"JPEG quality {cfg.jpeg_quality} (Pillow)", "similarity": "cosine",
-                    "unmasked_top5": raw_top5, "identity_top1": float(np.mean(ident[nearest[:, 0]] == ident)),
-                    "chance_top1": 1.0 / len(originals)}
-        return AttackResult(measures={"top1": top1, "top5": top5, "unmasked_top1": raw_top1}, strength=strength)
+                    "unmasked_top5": raw_top5, "chance_top1": 1.0 / len(originals)}
+        measures = {"top1": top1, "top5": top5, "unmasked_top1": raw_top1, "identity_top1": identity_top1,
+                    "identity_chance": identity_chance, "advantage": rescaled(identity_top1, identity_chance)}
+        return AttackResult(measures=measures, strength=strength)
 
 
 ATTACK = RetrievalLeakage()

@@ -53,9 +53,10 @@ from torch.nn import functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim_fn
 
 from components.attacks.base import AttackContext, AttackResult
-from components.attacks.measures import (DATA_RANGE, batched, config_from, effective_batch, fit_or_share,
-                                         frozen, reconstruction_data, reconstruction_result)
+from components.attacks.measures import (batched, config_from, effective_batch, fit_or_share, frozen,
+                                         reconstruction_data, reconstruction_result)
 from components.defenses.base import ProtectedSystem
+from components.metrics.reconstruction import DATA_RANGE
 
 
 @dataclass

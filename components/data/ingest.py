@@ -52,6 +52,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from components.atomic import atomic_write
 from components.data.errors import DataError
 from components.data.schema import BASE_COLUMNS, KNOWN_COLUMNS
+from components.metrics.advantage import RESERVED
 
 ATTRIBUTES_FILE = "attributes.csv"
 RESAMPLE = Image.Resampling.BICUBIC
@@ -60,7 +61,8 @@ CANON_RECIPE = "rgb-white-alpha/center-crop-short-side/bicubic/v1"
 # Pillow format names accepted (PPM plugin also reads PGM and PBM).
 ALLOWED_FORMATS = ("PNG", "JPEG", "PPM", "GIF", "BMP")
 
-RESERVED_COLUMNS = KNOWN_COLUMNS
+# manifest columns, and the keys an attack block keeps beside its per-attribute measures
+RESERVED_COLUMNS = KNOWN_COLUMNS | RESERVED
 
 _STORE_META = "dataset.json"
 _STORE_FORMAT = "privface-dataset/1"
@@ -236,7 +238,8 @@ def _read_attributes(path: Path, identity_names: list[str]) -> tuple[list[str], 
         raise DataError(path, "no attribute columns (need 'identity_name' plus at least one attribute column)")
     for c in attr_cols:
         if c in RESERVED_COLUMNS:
-            raise DataError(path, f"column '{c}' clashes with a manifest column name")
+            raise DataError(path, f"column '{c}' clashes with a name privface reserves ({sorted(RESERVED_COLUMNS)})",
+                            hint="rename the column")
 
     known = set(identity_names)
     id_pos = header.index("identity_name")

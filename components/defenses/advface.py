@@ -60,18 +60,19 @@ import dataclasses
 import hashlib
 import math
 from dataclasses import asdict, dataclass
-from typing import Literal
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from components.attacks.measures import batched, fit_reconstructor, ssim_psnr
+from components.attacks.measures import batched, fit_reconstructor
 from components.config import config_from
-from components.defenses.base import DefenseContext, ProtectedSystem
+from components.defenses.base import DefenseContext, ProtectedSystem, ThreatModel
 from components.metrics.embeddings import to_model_tensor
+from components.metrics.reconstruction import ssim_psnr
 from components.models.fr_model import build_fr_model
 from components.training.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 
@@ -288,6 +289,13 @@ class AdvFaceDefense:
     config_class = AdvFaceConfig   # its params block (params.yaml's schema reads it)
     name = "advface"
     privacy_knob = "eps"
+
+
+    def threat_model(self, params: dict) -> ThreatModel:
+        return ThreatModel(("stored_templates",), ("template_inversion",),
+                           "each stored template carries an adversarial perturbation against a shadow decoder: it "
+                           "claims that faces cannot be reconstructed from a stolen template database; the FR model "
+                           "and what the client sends are untouched")
 
     def build(self, ctx: DefenseContext) -> AdvFaceSystem:
         cfg = config_from(AdvFaceConfig, ctx.params)

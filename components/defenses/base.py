@@ -103,9 +103,42 @@ class DefenseContext:
     extra: dict = field(default_factory=dict)
 
 
+# What an attacker can reach (metrics.json `threat_model.protects` names these)
+SURFACES = ("client_representation",   # what protect() sends
+            "stored_templates",        # the server's template database
+            "released_model",          # the FR model's weights, with or without its training head
+            "template_attributes",     # soft attributes (sex, skin tone) readable from templates
+            "training_images")         # the private faces the model was trained on
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """What a defense claims: the surfaces it protects and the attacks in its scope (its
+    privacy score is taken over those; every attack still runs and is reported). For
+    attribute inference, `attributes` names the columns it claims to hide (empty: all)."""
+
+    protects: tuple[str, ...]
+    in_scope: tuple[str, ...]
+    note: str
+    attributes: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        unknown = [s for s in self.protects if s not in SURFACES]
+        if unknown:
+            raise ValueError(f"unknown surface(s) {unknown}; known: {SURFACES}")
+
+    def to_dict(self) -> dict:
+        out = {"protects": list(self.protects), "in_scope": list(self.in_scope), "note": self.note}
+        if self.attributes:
+            out["attributes"] = list(self.attributes)
+        return out
+
+
 class Defense(Protocol):
     name: str
     privacy_knob: str   # the parameter a sweep varies (e.g. "eps_mean"); "" when none
+
+    def threat_model(self, params: dict) -> ThreatModel: ...
 
     def build(self, ctx: DefenseContext) -> ProtectedSystem: ...
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 
-from components.defenses.base import DefenseContext, ProtectedSystem
+from components.defenses.base import DefenseContext, ProtectedSystem, ThreatModel
 from components.models.fr_model import build_fr_model
 
 
@@ -28,6 +28,11 @@ class BaselineSystem(ProtectedSystem):
 class BaselineDefense:
     name = "baseline"
     config_class = None   # no block of its own: params' `baseline` block is the FR model it serves
+
+
+    def threat_model(self, params: dict) -> ThreatModel:
+        return ThreatModel((), (), "the undefended reference: it claims no protection, so its privacy score is "
+                           "taken over every attack")
 
     def build(self, ctx: DefenseContext) -> BaselineSystem:
         return BaselineSystem(copy.deepcopy(ctx.baseline.backbone).eval(), copy.deepcopy(ctx.baseline.head).eval(),

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from components.config import config_from
-from components.defenses.base import DefenseContext
+from components.defenses.base import DefenseContext, ThreatModel
 from components.defenses.frequency import (FrequencySystem, frequency_spec, representation_grid, train_config,
                                            train_frequency_fr)
 from components.freq import DC_CHANNELS, BlockDCT
@@ -114,6 +114,14 @@ class DCTDPDefense:
     config_class = DCTDPConfig   # its params block (params.yaml's schema reads it)
     name = "dctdp"
     privacy_knob = "eps_mean"
+
+
+    def threat_model(self, params: dict) -> ThreatModel:
+        return ThreatModel(("client_representation",), ("representation_recovery", "model_inversion"),
+                           "Laplace noise with learned per-element budgets on the block-DCT coefficients the client "
+                           "sends; the FR model trains on noised coefficients, so inverting the released model is in "
+                           "scope too. eps_mean is a budget per coefficient of one representation, not a differential "
+                           "privacy guarantee for the face")
 
     def build(self, ctx: DefenseContext) -> FrequencySystem:
         cfg = config_from(DCTDPConfig, ctx.params)

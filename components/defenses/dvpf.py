@@ -161,7 +161,7 @@ from components.attacks.attribute_inference import DEFAULTS as PROBE_DEFAULTS
 from components.attacks.attribute_inference import probe_attribute
 from components.attacks.measures import batched
 from components.config import config_from
-from components.defenses.base import DefenseContext, ProtectedSystem
+from components.defenses.base import DefenseContext, ProtectedSystem, ThreatModel
 from components.metrics.embeddings import to_model_tensor
 from components.models.fr_model import build_fr_model
 from components.models.heads import get_head
@@ -609,6 +609,14 @@ class DVPFDefense:
     config_class = DVPFConfig   # its params block (params.yaml's schema reads it)
     name = "dvpf"
     privacy_knob = "lam"
+
+
+    def threat_model(self, params: dict) -> ThreatModel:
+        sensitive = tuple(config_from(DVPFConfig, params).sensitive)
+        return ThreatModel(("template_attributes",), ("attribute_inference",),
+                           "the stored template is z from a stochastic encoder trained to keep identity and drop "
+                           + (f"the attribute(s) {', '.join(sensitive)}" if sensitive else "every attribute column")
+                           + "; faces, the model and what the client sends are not protected", attributes=sensitive)
 
     def build(self, ctx: DefenseContext) -> DVPFSystem:
         cfg = config_from(DVPFConfig, ctx.params)

@@ -60,7 +60,7 @@ from torch.nn import functional as F
 from torch.optim.swa_utils import update_bn
 
 from components.config import config_from
-from components.defenses.base import DefenseContext
+from components.defenses.base import DefenseContext, ThreatModel
 from components.defenses.frequency import FrequencySystem, frequency_spec, train_config, train_frequency_fr
 from components.defenses.ppfrfd import ChannelMask, analyse, rebuild_masked, system
 from components.metrics.embeddings import to_model_tensor
@@ -184,6 +184,12 @@ class HybridDefense:
     config_class = HybridConfig   # its params block (params.yaml's schema reads it)
     name = "hybrid"
     privacy_knob = "alpha"
+
+
+    def threat_model(self, params: dict) -> ThreatModel:
+        return ThreatModel(("client_representation", "training_images"), ("representation_recovery", "model_inversion"),
+                           "ppfrfd's masking on the client, and an FR model trained on frequency-domain MixUp of k "
+                           "faces: its target threat is model inversion of the training faces")
 
     def build(self, ctx: DefenseContext) -> FrequencySystem:
         cfg = config_from(HybridConfig, ctx.params)

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from components.config import config_from
-from components.defenses.base import DefenseContext
+from components.defenses.base import DefenseContext, ThreatModel
 from components.defenses.frequency import FrequencySystem, frequency_spec, train_config, train_frequency_fr
 from components.freq import DC_CHANNELS, BlockDCT, channel_energy
 from components.metrics.embeddings import to_model_tensor
@@ -175,6 +175,13 @@ class PPFRFDDefense:
     config_class = PPFRFDConfig   # its params block (params.yaml's schema reads it)
     name = "ppfrfd"
     privacy_knob = "energy_removed"
+
+
+    def threat_model(self, params: dict) -> ThreatModel:
+        return ThreatModel(("client_representation",), ("representation_recovery",),
+                           "the client sends only the block-DCT channels its analysis kept (DC and most low-frequency "
+                           "energy removed), standardised per image: it claims that the face cannot be recovered from "
+                           "what leaves the client")
 
     def build(self, ctx: DefenseContext) -> FrequencySystem:
         cfg = config_from(PPFRFDConfig, ctx.params)

@@ -10,7 +10,10 @@ import pandas as pd
 import torch
 
 from components.metrics.embeddings import extract_features
-from components.metrics.verification import evaluate_pairs, rank1
+from components.metrics.operating_point import all_pairs_operating_point
+from components.metrics.verification import evaluate_pairs, far_key, rank1
+
+FAR = 1e-3   # the strict operating point of the utility block (metrics.json tar_at_far_1e-3)
 
 
 @dataclass
@@ -52,12 +55,19 @@ def rank1_of_split(st: SplitTemplates, manifest: pd.DataFrame, probes: SplitTemp
 def evaluate_system(fn, images: np.ndarray, manifest: pd.DataFrame, pairs: pd.DataFrame,
                     device: torch.device | str = "cpu", probe_fn=None) -> tuple[dict, SplitTemplates]:
     """The utility block of metrics.json for a system (`fn` maps a [-1, 1] image batch to
-    stored templates), and the test templates it was computed from. With `probe_fn` (a
+    stored templates), and the test templates it was computed from: accuracy, its std and
+    EER from the 10-fold pairs, TAR@FAR from every pair of the test identities (with
+    `impostor_pairs`, how many impostor scores stand behind it), rank-1. With `probe_fn` (a
     system whose probes differ from its stored templates), pair (a, b) scores
     cos(stored(a), probe(b)) and rank-1 matches probes against stored gallery templates."""
     st = split_templates(fn, images, manifest, "test", device=device)
     pt = None if probe_fn is None else split_templates(probe_fn, images, manifest, "test", device=device)
     utility = evaluate_pairs(st.templates, st.local(pairs), probe_templates=None if pt is None else pt.templates)
+    # TAR at FAR 1e-3 over every pair of the test identities, not the ~1,500 impostors of the folds
+    identities = manifest.set_index("index").loc[st.rows, "identity"].to_numpy()
+    every = all_pairs_operating_point(st.templates, identities, None if pt is None else pt.templates, max_rate=FAR)
+    utility[far_key(FAR)] = every.tar(FAR)
+    utility["impostor_pairs"] = every.n_impostor
     utility["rank1"] = rank1_of_split(st, manifest, pt)
     if pt is not None:
         st.probe_templates = pt.templates

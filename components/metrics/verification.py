@@ -11,6 +11,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from components.metrics.operating_point import positive_rate_at
+
 __all__ = [
     "roc",
     "tar_at_far",
@@ -113,21 +115,16 @@ def _check_far(far: float) -> float:
     return far
 
 
-def _interp_on_roc(far: float, fpr: np.ndarray, tpr: np.ndarray) -> float:
-    # Same as np.interp(far, fpr, tpr), written out because fpr has repeated values (vertical
-    # segments): at fpr == far we take the last point, i.e. the highest TAR reachable at that FAR.
-    j = int(np.searchsorted(fpr, far, side="right")) - 1
-    if fpr[j] == far or j == fpr.shape[0] - 1:
-        return float(tpr[j])
-    t = (far - fpr[j]) / (fpr[j + 1] - fpr[j])
-    return float(tpr[j] + t * (tpr[j + 1] - tpr[j]))
-
-
 def tar_at_far(scores: np.ndarray, labels: np.ndarray, far: float = 1e-3) -> float:
-    """True-accept rate at the given false-accept rate, linearly interpolated on the ROC."""
+    """True-accept rate at the given false-accept rate, in the project's one convention
+    (components.metrics.operating_point: at most floor(far * n) impostors accepted, no
+    interpolation between ROC points)."""
     far = _check_far(far)
-    fpr, tpr, _ = roc(scores, labels)
-    return _interp_on_roc(far, fpr, tpr)
+    s, y = _check_scores_labels(scores, labels)
+    _require_both_classes(y, "tar_at_far")
+    if far >= 1.0:
+        return 1.0
+    return positive_rate_at(s[y], s[~y], far)[0]
 
 
 def _eer_from_roc(fpr: np.ndarray, tpr: np.ndarray) -> float:
@@ -315,7 +312,7 @@ def evaluate_pairs(templates: np.ndarray, pairs: Mapping | Any, far: float = 1e-
     return {
         "verification_accuracy": float(ver["accuracy"]),
         "verification_std": float(ver["std"]),
-        far_key(far): _interp_on_roc(far, fpr, tpr),
+        far_key(far): tar_at_far(scores, label, far),
         "eer": _eer_from_roc(fpr, tpr),
         "threshold": float(thr),
     }

@@ -11,9 +11,11 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from components.metrics.plots import roc_plot
-from components.reporting.scores import RECONSTRUCTION_ATTACKS, attack_successes, compute_scores
+from components.metrics.advantage import RESERVED
+from components.reporting.scores import RECONSTRUCTION_ATTACKS, advantages, compute_scores
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
@@ -72,8 +74,8 @@ class TradeoffPoint:
 def tradeoff_points(defenses: dict[str, dict], baseline: str = "baseline") -> list[TradeoffPoint]:
     """The points of the trade-off plot from metrics.json's `defenses` block. Sweep points
     get their scores from `compute_scores` on what their sweep measured, with utility
-    relative to the baseline's accuracy, like the defenses' own scores."""
-    base_acc = defenses[baseline]["utility"]["verification_accuracy"]
+    relative to the baseline's, like the defenses' own scores."""
+    base = defenses[baseline]["utility"]
     points = []
     for name, d in defenses.items():
         points.append(TradeoffPoint(name, name, d["scores"]["utility"], d["scores"].get("privacy"),
@@ -82,7 +84,7 @@ def tradeoff_points(defenses: dict[str, dict], baseline: str = "baseline") -> li
         for p in sweep.get("points", []):
             if p.get("source") == "operating point":
                 continue      # the defense's own point, drawn above with its whole battery
-            s = compute_scores(p.get("attacks", {}), p["utility"]["verification_accuracy"], base_acc)
+            s = compute_scores(p.get("attacks", {}), p["utility"], base, d.get("threat_model"))
             value = f"{p['value']:g}" if isinstance(p["value"], (int, float)) else str(p["value"])
             points.append(TradeoffPoint(f"{name} {sweep['knob']}={value}", name, s["utility"], s.get("privacy"),
                                         sweep=True, attacks=tuple(sorted(p.get("attacks", {})))))
@@ -139,6 +141,7 @@ class AttackMatrix:
     columns: list[str]
     values: np.ndarray
     not_applicable: np.ndarray
+    in_scope: np.ndarray | None = None   # cells of attacks the defense claims to stop (framed)
 
 
 def _matrix(defenses: dict[str, dict], measured: dict[str, dict[str, float]], extra: list[str]) -> AttackMatrix:
@@ -147,20 +150,23 @@ def _matrix(defenses: dict[str, dict], measured: dict[str, dict[str, float]], ex
     rows = list(defenses)
     values = np.full((len(rows), len(columns)), np.nan)
     na = np.zeros((len(rows), len(columns)), dtype=bool)
+    scope = np.zeros((len(rows), len(columns)), dtype=bool)
     for i, name in enumerate(rows):
         reasons = defenses[name].get("not_applicable", {})
+        claimed = (defenses[name].get("threat_model") or {}).get("in_scope", [])
         for j, col in enumerate(columns):
             if col in measured[name]:
                 values[i, j] = measured[name][col]
             na[i, j] = col.split(".")[0] in reasons
-    return AttackMatrix(rows, columns, values, na)
+            scope[i, j] = col.split(".")[0] in claimed
+    return AttackMatrix(rows, columns, values, na, scope)
 
 
 def attack_matrix(defenses: dict[str, dict]) -> AttackMatrix:
-    """Each defense's attack success in [0, 1] (scores.attack_successes: SAR type 2,
-    model-inversion top-1, membership and attribute advantage, retrieval top-1), one
-    column per measure; attacks that apply to no defense get a column of "n/a"."""
-    measured = {n: attack_successes(d.get("attacks", {})) for n, d in defenses.items()}
+    """Each defense's advantage per attack (components.metrics.advantage: 0 at chance, 1 at
+    total success), one column per attack; attacks that apply to no defense get a column
+    of "n/a"."""
+    measured = {n: advantages(d.get("attacks", {})) for n, d in defenses.items()}
     extra = list(dict.fromkeys(a for d in defenses.values() for a in d.get("not_applicable", {})))
     return _matrix(defenses, measured, extra)
 
@@ -189,6 +195,9 @@ def _matrix_panel(fig: Figure, ax, matrix: AttackMatrix, title: str, cbar_label:
             v = matrix.values[i, j]
             ax.text(j, i, cell_text(matrix, i, j), ha="center", va="center", fontsize=8,
                     color="white" if not np.isnan(v) and v > 0.6 else "black")
+    if matrix.in_scope is not None:
+        for i, j in zip(*np.nonzero(matrix.in_scope)):
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2))
     ax.set_xticks(range(len(matrix.columns)), [c.replace(".", "\n", 1) for c in matrix.columns],
                   fontsize=7, rotation=0)
     ax.set_yticks(range(len(matrix.rows)), matrix.rows, fontsize=8)
@@ -200,7 +209,7 @@ def attack_matrix_figure(defenses: dict[str, dict]) -> Figure:
     """Left: attack success per defense and attack (Reds, 0 = no success). Right: the
     reconstruction attacks' SSIM. Cells: the value, "n/a" (not applicable) or "-" (not run)."""
     success, ssim = attack_matrix(defenses), ssim_matrix(defenses)
-    panels = [(success, "Attack success (lower = more private)", "attack success")]
+    panels = [(success, "Attack advantage (lower = more private; framed: in the defense's scope)", "advantage")]
     if ssim.columns:
         panels.append((ssim, "Reconstruction SSIM (lower = more private)", "SSIM"))
     widths = [max(2, len(m.columns)) for m, _, _ in panels]
@@ -239,7 +248,7 @@ def sweep_series(attack: str, measures: dict) -> dict[str, float]:
     maximum over attributes would show only whichever leaks most."""
     if attack == "attribute_inference":
         return {f"attribute probe: {a} (bal. acc. - chance)": m["balanced_accuracy"] - m["chance"]
-                for a, m in measures.items()}
+                for a, m in measures.items() if a not in RESERVED}
     key, label = SWEEP_MEASURES.get(attack, (None, attack))
     return {label: measures[key]} if measures.get(key) is not None else {}
 
@@ -284,7 +293,8 @@ def report_figures(metrics: dict, reports: str | Path, *, labels: np.ndarray, pa
         "Privacy-utility trade-off: one point per defense and per sweep point (sweep points are scored "
         "only on the attacks their sweep ran); ringed points and the step line: the Pareto front":
             tradeoff_plot(tradeoff_points(metrics["defenses"]), reports / "tradeoff.png"),
-        "Attack success and reconstruction SSIM per defense (n/a: the attack does not apply, reasons in "
+        "Attack advantage (0 at chance, 1 at total success; framed cells: attacks the defense claims to stop) "
+        "and reconstruction SSIM per defense (n/a: the attack does not apply, reasons in "
         "the Attacks section; -: not run)": attack_matrix_plot(metrics["defenses"], reports / "attack_matrix.png"),
     }
     rocs = {"Verification ROC on the test pairs, per defense (FAR on a log axis)": roc_plot(

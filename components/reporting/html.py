@@ -30,9 +30,24 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 {% endfor %}</table>
 <p>Privacy and overall scores appear once attacks have been measured against a defense
 (n/a: nothing measured, nothing invented).</p>
+<h3>How the scores are computed</h3>
+<ul>
+<li><b>advantage</b> of an attack: 0 at chance, 1 at total success. Reconstruction: SAR type 2 divided by the
+judge's own acceptance of genuine pairs at the same threshold (FMR 1e-3 over every cross-identity test pair);
+model inversion: top-1 rescaled by chance 1/K; membership: 2 AUC - 1; attribute inference: (balanced accuracy -
+chance) / (1 - chance); retrieval: identity top-1 rescaled by chance. Floored at 0.</li>
+<li><b>privacy</b> = 0.4 (1 - largest reconstruction SSIM) + 0.6 (1 - largest advantage), over the attacks in
+the defense's threat model (the baseline claims nothing and is scored over every attack); <b>privacy all</b>:
+the same over every attack that ran. Higher is more private.</li>
+<li><b>utility</b> = the lower of accuracy / the baseline's and TAR@FAR=1e-3 / the baseline's, capped at 1;
+<b>overall</b> = harmonic mean of privacy and utility. Higher is better.</li>
+</ul>
 <h2>Attacks</h2>
 {% for name, d in defenses.items() %}<h3>{{ name }}</h3>
 {% if d.params %}<p>Operating point: {{ d.params }}</p>{% endif %}
+{% if d.threat_model %}<p>Threat model: protects {{ d.threat_model.protects|join(", ") or "nothing" }}; in scope:
+{{ d.threat_model.in_scope|join(", ") or "every attack" }}{% if d.threat_model.attributes %} (attributes:
+{{ d.threat_model.attributes|join(", ") }}){% endif %}. {{ d.threat_model.note }}</p>{% endif %}
 {% if d.attacks %}<table>
 <tr><th>attack</th><th>measures</th><th>strength (attacker data, epochs, lr, architecture)</th></tr>
 {% for a, m in d.attacks.items() %}<tr><td>{{ a }}</td><td style="text-align:left">{{ m }}</td><td style="text-align:left">{{ strength.get(name, {}).get(a, "") }}</td></tr>{% endfor %}</table>

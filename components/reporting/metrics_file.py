@@ -7,9 +7,11 @@ import math
 from pathlib import Path
 
 from components.atomic import atomic_write_text
+from components.metrics.advantage import RESERVED
 from components.reporting.scores import compute_scores
 
 UTILITY_KEYS = ("verification_accuracy", "verification_std", "tar_at_far_1e-3", "eer", "rank1")
+OPTIONAL_UTILITY_KEYS = ("impostor_pairs",)   # the impostor scores behind TAR@FAR
 
 
 def _finite(obj, where="metrics"):
@@ -26,22 +28,26 @@ def _finite(obj, where="metrics"):
 
 def build_metrics(dataset: dict, results: dict[str, dict], baseline: str = "baseline") -> dict:
     """`results[defense]` holds "params", "utility", "attacks" (possibly empty) and
-    "mlflow", optionally "measures" (taken by the defense while building) and "sweep"
-    ({"knob", "points"}: utility and targeted attacks per value of the privacy knob);
-    scores are computed here, relative to the baseline's accuracy."""
+    "mlflow", optionally "threat_model" (what the defense claims; scores.compute_scores),
+    "measures" (taken by the defense while building) and "sweep" ({"knob", "points"}:
+    utility and targeted attacks per value of the privacy knob); scores are computed here,
+    relative to the baseline's utility."""
     if baseline not in results:
         raise ValueError(f"the {baseline!r} defense is needed to normalise utility scores")
-    base_acc = results[baseline]["utility"]["verification_accuracy"]
+    base_utility = results[baseline]["utility"]
     defenses = {}
     for name, r in results.items():
         missing = [k for k in UTILITY_KEYS if k not in r["utility"]]
         if missing:
             raise ValueError(f"defense {name!r}: utility lacks {missing}")
+        threat_model = dict(r.get("threat_model") or {})
         entry = {
             "params": dict(r.get("params", {})),
-            "utility": {k: float(r["utility"][k]) for k in UTILITY_KEYS},
+            "threat_model": threat_model,
+            "utility": {k: float(r["utility"][k]) for k in UTILITY_KEYS}
+            | {k: r["utility"][k] for k in OPTIONAL_UTILITY_KEYS if k in r["utility"]},
             "attacks": dict(r.get("attacks", {})),
-            "scores": compute_scores(r.get("attacks", {}), r["utility"]["verification_accuracy"], base_acc),
+            "scores": compute_scores(r.get("attacks", {}), r["utility"], base_utility, threat_model),
             "mlflow": dict(r.get("mlflow", {})),
         }
         if r.get("not_applicable"):
@@ -75,7 +81,8 @@ ATTACK_COLUMNS = {
 
 def _attribute_gain(attacks: dict) -> float | None:
     """Largest balanced-accuracy gain of the attribute probe over chance."""
-    gains = [m["balanced_accuracy"] - m["chance"] for m in attacks.get("attribute_inference", {}).values()]
+    gains = [m["balanced_accuracy"] - m["chance"] for a, m in attacks.get("attribute_inference", {}).items()
+             if a not in RESERVED]
     return max(gains) if gains else None
 
 
@@ -96,6 +103,7 @@ def summary_rows(metrics: dict) -> list[dict]:
         for column, (attack, measure) in ATTACK_COLUMNS.items():
             row[column] = a.get(attack, {}).get(measure)
         row["attr gain"] = _attribute_gain(a)
-        row.update({"privacy": s.get("privacy"), "utility": s["utility"], "overall": s.get("overall")})
+        row.update({"privacy": s.get("privacy"), "privacy all": s.get("privacy_all"), "utility": s["utility"],
+                    "overall": s.get("overall")})
         rows.append(row)
     return rows

@@ -1,54 +1,83 @@
-"""Privacy, utility and overall scores of a defended system (DESIGN.md section 5).
+"""Privacy, utility and overall scores of a defended system, from its measured attacks,
+its utility and its threat model.
 
-V = 1 - max SSIM over the reconstruction attacks; A = 1 - max attack success (SAR type 2,
-model-inversion top-1, membership advantage 2 AUC - 1, attribute advantage, retrieval
-top-1); privacy = 0.4 V + 0.6 A, the visual/attack weighting of the hybrid-masking paper.
-Only measured attacks count: with only one of V and A measured, privacy is that one;
-with neither, privacy and overall are absent rather than invented. The attribute
-advantage is the probe's balanced accuracy above chance, rescaled to [0, 1]:
-(bacc - chance) / (1 - chance), floored at 0."""
+V = 1 - the largest SSIM of the reconstruction attacks, A = 1 - the largest advantage
+(components.metrics.advantage: every attack on one scale, 0 at chance, 1 at total
+success); privacy = 0.4 V + 0.6 A, the visual / attack weighting of the hybrid-masking
+paper, over the attacks in the defense's scope (its threat model's `in_scope`; for
+attribute inference, its `attributes`); privacy_all is the same over every attack that
+ran. A defense that claims nothing (the baseline) is scored over every attack. With only
+one of V and A measured, privacy is that one; with neither it is absent, never invented.
+
+utility = the lower of accuracy / the baseline's and TAR@FAR=1e-3 / the baseline's,
+capped at 1: a defense that keeps accuracy but collapses at the strict operating point
+loses utility (the TAR ratio is left out when the baseline's TAR is 0). overall = the
+harmonic mean of privacy and utility.
+"""
 
 from __future__ import annotations
 
 from statistics import harmonic_mean
 
+from components.metrics.advantage import RESERVED
+
 RECONSTRUCTION_ATTACKS = ("template_inversion", "representation_recovery")
+VISUAL_WEIGHT, ATTACK_WEIGHT = 0.4, 0.6
 
 
-def attack_successes(attacks: dict) -> dict[str, float]:
-    """Each measured attack's success rate in [0, 1], named by where it came from."""
+def advantages(attacks: dict, attributes=()) -> dict[str, float]:
+    """Each measured attack's advantage; attribute inference's over `attributes` only when
+    given (the largest of theirs), else its own (the largest over every attribute)."""
     out: dict[str, float] = {}
-    for name in RECONSTRUCTION_ATTACKS:
-        if name in attacks and "sar_type2" in attacks[name]:
-            out[f"{name}.sar_type2"] = attacks[name]["sar_type2"]
-    if "model_inversion" in attacks:
-        out["model_inversion.top1"] = attacks["model_inversion"]["top1"]
-    if "membership_inference" in attacks:
-        out["membership_inference.advantage"] = max(0.0, 2 * attacks["membership_inference"]["auc"] - 1)
-    for attr, m in attacks.get("attribute_inference", {}).items():
-        chance = m["chance"]
-        adv = (m["balanced_accuracy"] - chance) / (1 - chance) if chance < 1 else 0.0
-        out[f"attribute_inference.{attr}"] = max(0.0, adv)
-    if "retrieval_leakage" in attacks:
-        out["retrieval_leakage.top1"] = attacks["retrieval_leakage"]["top1"]
+    for name, block in attacks.items():
+        if name == "attribute_inference" and attributes:
+            scoped = [block[a]["advantage"] for a in attributes if a in block and a not in RESERVED]
+            if scoped:
+                out[name] = max(scoped)
+        elif "advantage" in block:
+            out[name] = float(block["advantage"])
     return out
 
 
-def compute_scores(attacks: dict, accuracy: float, baseline_accuracy: float) -> dict:
-    """The `scores` block: utility always, privacy and overall when attacks were measured."""
-    if baseline_accuracy <= 0:
-        raise ValueError("baseline accuracy must be positive to normalise utility")
-    scores = {"utility": min(1.0, accuracy / baseline_accuracy)}
-    ssims = [attacks[a]["ssim"] for a in RECONSTRUCTION_ATTACKS if a in attacks]
-    successes = attack_successes(attacks)
+def privacy_of(attacks: dict, attributes=()) -> float | None:
+    """0.4 (1 - max SSIM) + 0.6 (1 - max advantage) over these attacks (None: nothing measured)."""
+    ssims = [attacks[a]["ssim"] for a in RECONSTRUCTION_ATTACKS if "ssim" in attacks.get(a, {})]
+    adv = advantages(attacks, attributes)
     parts = []
     if ssims:
-        parts.append((0.4, 1.0 - max(ssims)))
-    if successes:
-        parts.append((0.6, 1.0 - max(successes.values())))
-    if parts:
-        weight = sum(w for w, _ in parts)
-        privacy = sum(w * v for w, v in parts) / weight
-        scores["privacy"] = min(1.0, max(0.0, privacy))
-        scores["overall"] = harmonic_mean([scores["privacy"], scores["utility"]])
+        parts.append((VISUAL_WEIGHT, 1.0 - max(ssims)))
+    if adv:
+        parts.append((ATTACK_WEIGHT, 1.0 - max(adv.values())))
+    if not parts:
+        return None
+    value = sum(w * v for w, v in parts) / sum(w for w, _ in parts)
+    return min(1.0, max(0.0, value))
+
+
+def utility_of(utility: dict, baseline: dict) -> float:
+    """The lower of the accuracy and TAR@FAR=1e-3 ratios to the baseline's, capped at 1."""
+    if baseline["verification_accuracy"] <= 0:
+        raise ValueError("baseline accuracy must be positive to normalise utility")
+    ratios = [utility["verification_accuracy"] / baseline["verification_accuracy"]]
+    if baseline.get("tar_at_far_1e-3", 0.0) > 0:
+        ratios.append(utility["tar_at_far_1e-3"] / baseline["tar_at_far_1e-3"])
+    return min(1.0, max(0.0, min(ratios)))
+
+
+def compute_scores(attacks: dict, utility: dict, baseline_utility: dict, threat_model: dict | None = None) -> dict:
+    """The `scores` block: utility always; privacy, privacy_all and overall when attacks
+    were measured."""
+    scores = {"utility": utility_of(utility, baseline_utility)}
+    threat_model = threat_model or {}
+    in_scope = threat_model.get("in_scope") or []
+    privacy_all = privacy_of(attacks)
+    if in_scope:
+        privacy = privacy_of({a: attacks[a] for a in in_scope if a in attacks}, threat_model.get("attributes", ()))
+    else:
+        privacy = privacy_all
+    if privacy_all is not None:
+        scores["privacy_all"] = privacy_all
+    if privacy is not None:
+        scores["privacy"] = privacy
+        scores["overall"] = harmonic_mean([privacy, scores["utility"]])   # 0 when either is 0
     return scores

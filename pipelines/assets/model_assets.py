@@ -121,7 +121,9 @@ def protected_system(context: dg.AssetExecutionContext, settings: PrivfaceSettin
                              progress=settings.progress, seed=params["seed"],
                              extra={"baseline_train": params["baseline"]["train"]})
         system = defense.build(ctx).to("cpu").eval()
-        log_params({"defense": name, "operating_point": system.operating_point(), "params": params.get(name, {})})
+        threat = defense.threat_model(params.get(name, {})).to_dict()
+        log_params({"defense": name, "operating_point": system.operating_point(), "params": params.get(name, {}),
+                    "threat_model": {k: ", ".join(v) if isinstance(v, list) else v for k, v in threat.items()}})
         utility, templates = evaluate_system(system, face_dataset.images, manifest, pairs, device="cpu",
                                              probe_fn=system.probe if system.has_probe else None)
         mlflow.log_metrics(utility)
@@ -146,12 +148,14 @@ def protected_system(context: dg.AssetExecutionContext, settings: PrivfaceSettin
     context.add_output_metadata({
         **{k: dg.MetadataValue.float(float(v)) for k, v in utility.items()},
         "operating_point": dg.MetadataValue.json(system.operating_point()),
+        "threat_model": dg.MetadataValue.json(threat),
         "registered_model": registered,
         "model_version": version,
         "mlflow_run_id": run.info.run_id,
         "data_version": face_dataset.version,
     })
-    return {**bundle, "data_version": face_dataset.version, "utility": utility, "measures": measures,
+    return {**bundle, "data_version": face_dataset.version, "threat_model": threat, "utility": utility,
+            "measures": measures,
             "artifacts": artifacts, "pair_scores": scores.astype(np.float32).tolist(),
             "mlflow": {"run_id": run.info.run_id, "model_uri": model_uri, "model_version": str(version),
                        "registered_model": registered}}

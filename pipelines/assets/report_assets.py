@@ -38,6 +38,7 @@ def privacy_utility_report(context: dg.AssetExecutionContext, settings: Privface
                             ("defense_sweep", defense_sweep)) for d in wanted if d in parts})
     manifest = dataset_splits["manifest"]
     results = {d: {"params": protected_system[d]["operating_point"], "utility": protected_system[d]["utility"],
+                   "threat_model": protected_system[d].get("threat_model", {}),
                    "attacks": attack_results[d]["attacks"], "mlflow": {
                        k: protected_system[d]["mlflow"][k] for k in ("run_id", "model_uri", "model_version")},
                    "not_applicable": attack_results[d]["not_applicable"],

@@ -29,8 +29,8 @@ from components.defenses.base import ProtectedSystem
 from components.defenses.baseline import BaselineSystem
 from components.models.fr_model import build_fr_model
 
-MIA_KEYS = {"auc", "tpr_at_fpr_1e-2", "advantage"}
-ATTR_KEYS = {"balanced_accuracy", "chance", "leakage_bits"}
+MIA_KEYS = {"auc", "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3", "advantage", "n_members", "n_non_members"}
+ATTR_KEYS = {"balanced_accuracy", "chance", "leakage_bits", "advantage"}
 
 
 class TemplateOnly(ProtectedSystem):
@@ -69,7 +69,9 @@ def _shuffled(manifest, column: str, seed: int):
 
 
 def _finite(d: dict) -> bool:
-    return all(isinstance(v, float) and math.isfinite(v) for v in d.values())
+    """Rates are finite floats; counts (n_members, n_non_members) are ints."""
+    return all(isinstance(v, int) if k.startswith("n_") else isinstance(v, float) and math.isfinite(v)
+               for k, v in d.items())
 
 
 # ------------------------------------------------------------------------------ membership
@@ -77,9 +79,10 @@ def _finite(d: dict) -> bool:
 
 def test_membership_measures_unit():
     y = np.array([1, 1, 1, 0, 0, 0])
-    assert membership_measures(y, [3, 2, 1.5, 1, 0, -1]) == {"auc": 1.0, "tpr_at_fpr_1e-2": 1.0, "advantage": 1.0}
+    assert membership_measures(y, [3, 2, 1.5, 1, 0, -1]) == {"auc": 1.0, "tpr_at_fpr_1e-2": 1.0, "tpr_at_fpr_1e-3": 1.0,
+                                                             "advantage": 1.0, "n_members": 3, "n_non_members": 3}
     worst = membership_measures(y, [-3, -2, -1.5, 1, 0, 2])
-    assert worst["auc"] == 0.0 and worst["advantage"] == -1.0 and worst["tpr_at_fpr_1e-2"] == 0.0
+    assert worst["auc"] == 0.0 and worst["advantage"] == 0.0 and worst["tpr_at_fpr_1e-2"] == 0.0   # floored
     # conservative low-FPR reading: one non-member above two members -> TPR at FPR=0 is 1/3
     assert membership_measures(y, [3, 1, 0.5, 2, 0, -1])["tpr_at_fpr_1e-2"] == pytest.approx(1 / 3)
     with pytest.raises(ValueError):
@@ -92,7 +95,8 @@ def test_membership_detects_the_memorising_baseline(world, tmp_path):
     assert set(m) == MIA_KEYS and _finite(m), m
     assert m["auc"] > 0.85, m                      # measured 0.99
     assert m["tpr_at_fpr_1e-2"] > 0.3, m           # measured 0.93
-    assert m["advantage"] == pytest.approx(2 * m["auc"] - 1)
+    assert m["advantage"] == pytest.approx(max(0.0, 2 * m["auc"] - 1))
+    assert (m["n_members"], m["n_non_members"]) == (30, 15)
     s = result.strength
     assert (s["members"], s["non_members"], s["calibration_identities"]) == (30, 15, 15)
     assert s["score"] == "combined(template+confidence)"
@@ -150,11 +154,15 @@ def test_attribute_probe_finds_skin_in_baseline_templates_and_nothing_when_shuff
                                      sex_shuffled=_shuffled(world.manifest, "sex", 0))
     ctx = dataclasses.replace(world.context(world.baseline_system(), {}), manifest=manifest)
     result = ATTRIBUTE.run(ctx)
-    m = result.measures
+    m = dict(result.measures)
+    top = m.pop("advantage")
     assert set(m) == {"sex", "skin", "skin_shuffled", "sex_shuffled"}
     for attr, block in m.items():
         assert set(block) == ATTR_KEYS and _finite(block), (attr, block)
         assert 0.0 <= block["balanced_accuracy"] <= 1.0 and block["leakage_bits"] >= 0.0
+        assert block["advantage"] == pytest.approx(max(0.0, (block["balanced_accuracy"] - block["chance"])
+                                                       / (1 - block["chance"])))
+    assert top == max(b["advantage"] for b in m.values())               # the most leaked attribute
     assert m["skin"]["chance"] == pytest.approx(1 / 3) and m["sex"]["chance"] == 0.5
     skin = m["skin"]
     assert skin["balanced_accuracy"] >= skin["chance"] + 0.15, skin      # measured 0.92
@@ -162,7 +170,7 @@ def test_attribute_probe_finds_skin_in_baseline_templates_and_nothing_when_shuff
     for attr in ("skin_shuffled", "sex_shuffled"):
         b = m[attr]
         assert abs(b["balanced_accuracy"] - b["chance"]) < 0.12, (attr, b)   # measured <= 0.08
-        assert b["leakage_bits"] < 0.05, (attr, b)                            # measured 0
+        assert b["leakage_bits"] < 0.05 and b["advantage"] < 0.2, (attr, b)  # measured 0: nothing to learn
     s = result.strength
     assert s["probe"] == "MLP(64)" and s["test_identities"] == 60
     assert all(15 <= n < 60 for n in s["train_identities"].values())

@@ -56,6 +56,7 @@ def test_control_start_images_are_at_chance(noise_result):
     m = noise_result.measures
     assert m["top1"] <= 3 * CHANCE, m
     assert m["top5"] <= 0.35, m
+    assert m["advantage"] <= 2 * CHANCE, m                # no inversion: about no advantage
 
 
 def test_control_inversions_toward_other_labels_are_at_chance(world, system):
@@ -77,9 +78,12 @@ def test_inversions_are_closer_to_the_private_faces_than_noise(result, noise_res
 
 
 def test_result_contract(result, tmp_path):
-    assert set(result.measures) == {"top1", "top5", "knn_dist"}
+    assert set(result.measures) == {"top1", "top5", "knn_dist", "chance", "advantage"}
     assert all(isinstance(v, float) for v in result.measures.values())
     assert 0.0 <= result.measures["top1"] <= result.measures["top5"] <= 1.0
+    m = result.measures
+    assert m["chance"] == pytest.approx(1 / K)
+    assert m["advantage"] == pytest.approx(max(0.0, (m["top1"] - 1 / K) / (1 - 1 / K)))
     assert set(result.strength) == {"targets", "steps", "lr", "priors", "restarts", "init", "scale"}
     assert result.strength["targets"] == K and result.strength["steps"] == CI["steps"]
     assert result.strength["init"] == "noise" and result.strength["restarts"] == 1

@@ -235,4 +235,4 @@ def test_the_battery_runs_on_the_system(world, systems, inversions, one_thread, 
     for name, r in results.items():
         flat = [v for m in r.measures.values() for v in (m.values() if isinstance(m, dict) else [m])]
         assert flat and all(np.isfinite(v) for v in flat), (name, r.measures)
-    assert set(results["attribute_inference"].measures) == {"sex", "skin"}
+    assert set(results["attribute_inference"].measures) == {"sex", "skin", "advantage"}

@@ -128,7 +128,7 @@ def test_reported_leakage_is_a_fresh_probe_not_the_adversary(world, sweep):
     assert set(m["leakage"]) == {"sex", "skin"}
     for a in ("sex", "skin"):
         assert m["leakage"][a] == pytest.approx(expected[a], abs=1e-6), a   # batching: float-level noise
-        assert set(m["leakage"][a]) == {"balanced_accuracy", "chance", "leakage_bits"}
+        assert set(m["leakage"][a]) == {"balanced_accuracy", "chance", "leakage_bits", "advantage"}
     # the training adversary's own bound is reported beside it and is another number
     assert set(m["adversary_leakage_bits"]) == {"sex", "skin"}
     assert any(abs(m["adversary_leakage_bits"][a] - m["leakage"][a]["leakage_bits"]) > 1e-6 for a in ("sex", "skin"))

@@ -226,9 +226,10 @@ def test_retrieval_bookkeeping_on_hand_built_publishers(world, one_thread):
 
 def test_reconstructions_leak_clearly_less_than_unmasked_images(retrieval):
     m = retrieval.measures
-    print("retrieval", m, retrieval.strength)
-    assert set(m) == {"top1", "top5", "unmasked_top1"}
+    assert set(m) == {"top1", "top5", "unmasked_top1", "identity_top1", "identity_chance", "advantage"}
     assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in m.values())
+    assert m["identity_chance"] == pytest.approx(1 / 30)         # 30 training identities, 8 images each
+    assert m["advantage"] == pytest.approx((m["identity_top1"] - 1 / 30) / (1 - 1 / 30))
     assert m["top1"] <= m["top5"]
     assert m["unmasked_top1"] >= 0.95
     assert m["top1"] <= m["unmasked_top1"] - 0.3

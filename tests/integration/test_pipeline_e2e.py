@@ -53,18 +53,25 @@ def test_whole_graph_writes_contract_metrics_tracks_and_registers(pipeline, mlfl
     assert set(metrics["dataset"]) >= {"name", "version", "identities", "images"}
     assert metrics["dataset"]["identities"] == 40 and metrics["dataset"]["images"] == 240
     base = metrics["defenses"]["baseline"]
-    assert set(base["utility"]) == CONTRACT_UTILITY
-    assert all(0.0 <= v <= 1.0 for v in base["utility"].values())
+    assert set(base["utility"]) == CONTRACT_UTILITY | {"impostor_pairs"}
+    assert all(0.0 <= v <= 1.0 for k, v in base["utility"].items() if k != "impostor_pairs")
+    # TAR@FAR rests on every cross-identity pair of the 10 test identities (6 images each)
+    assert base["utility"]["impostor_pairs"] == (60 * 59 - 10 * 6 * 5) // 2
     assert base["scores"]["utility"] == pytest.approx(1.0)
+    assert base["threat_model"] == {"protects": [], "in_scope": [], "note": base["threat_model"]["note"]}
     attacks = base["attacks"]
     for name in ("template_inversion", "representation_recovery"):
-        assert set(attacks[name]) == {"ssim", "psnr_db", "sar_type1", "sar_type2"}
-    assert set(attacks["model_inversion"]) == {"top1", "top5", "knn_dist"}
-    assert set(attacks["membership_inference"]) == {"auc", "tpr_at_fpr_1e-2", "advantage"}
-    assert set(attacks["attribute_inference"]) >= {"sex", "skin"}
-    assert all(set(m) == {"balanced_accuracy", "chance", "leakage_bits"}
-               for m in attacks["attribute_inference"].values())
+        assert set(attacks[name]) == {"ssim", "psnr_db", "sar_type1", "sar_type2", "sar_ceiling", "advantage",
+                                      "impostor_pairs"}
+    assert set(attacks["model_inversion"]) == {"top1", "top5", "knn_dist", "chance", "advantage"}
+    assert set(attacks["membership_inference"]) == {"auc", "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3", "advantage",
+                                                    "n_members", "n_non_members"}
+    assert set(attacks["attribute_inference"]) >= {"sex", "skin", "advantage"}
+    assert all(set(m) == {"balanced_accuracy", "chance", "leakage_bits", "advantage"}
+               for a, m in attacks["attribute_inference"].items() if a != "advantage")
+    assert all(0.0 <= attacks[a]["advantage"] <= 1.0 for a in attacks)
     assert 0.0 <= base["scores"]["privacy"] <= 1.0 and 0.0 <= base["scores"]["overall"] <= 1.0
+    assert base["scores"]["privacy"] == base["scores"]["privacy_all"]    # the baseline claims nothing
     # reconstruction grids and the membership ROC are inlined beside the three report figures
     assert (tmp / "reports" / "report.html").read_text().count("<img") >= 6
     assert (tmp / "reports" / "gx").is_dir()
@@ -144,8 +151,15 @@ def test_frequency_defense_partition_with_sweep(tmp_path, ci_data, dagster_home,
         assert result.success, failures(result)
     metrics = json.loads((tmp / "reports" / "metrics.json").read_text())
     d = metrics["defenses"]["dctdp"]
-    assert d["params"]["eps_mean"] > 0 and set(d["utility"]) == CONTRACT_UTILITY
+    assert d["params"]["eps_mean"] > 0 and set(d["utility"]) == CONTRACT_UTILITY | {"impostor_pairs"}
     assert "representation_recovery" in d["attacks"] and "template_inversion" in d["attacks"]
+    # its threat model: privacy over recovery and inversion, privacy_all over the whole battery
+    assert d["threat_model"]["in_scope"] == ["representation_recovery", "model_inversion"]
+    assert d["threat_model"]["protects"] == ["client_representation"]
+    scoped = {a: d["attacks"][a] for a in d["threat_model"]["in_scope"]}
+    assert d["scores"]["privacy"] == pytest.approx(
+        0.4 * (1 - scoped["representation_recovery"]["ssim"]) + 0.6 * (1 - max(b["advantage"] for b in scoped.values())))
+    assert d["scores"]["privacy_all"] <= d["scores"]["privacy"] + 1e-12
     assert d["measures"]["eps_max"] >= d["measures"]["eps_min"] > 0
     sweep = d["sweep"]
     assert sweep["knob"] == "eps_mean" and [p["value"] for p in sweep["points"]] == [1.0, 50.0]

@@ -59,7 +59,8 @@ def report(**defenses) -> dict:
     for name, (version, acc, top1) in defenses.items():
         utility = {"verification_accuracy": acc, "verification_std": 0.01, "tar_at_far_1e-3": 0.5, "eer": 0.1,
                    "rank1": 0.8}
-        attacks = {} if top1 is None else {"model_inversion": {"top1": top1, "top5": top1, "knn_dist": 1.0}}
+        attacks = {} if top1 is None else {"model_inversion": {"top1": top1, "top5": top1, "knn_dist": 1.0,
+                                                               "chance": 0.0, "advantage": top1}}
         results[name] = {"params": {}, "utility": utility, "attacks": attacks,
                          "mlflow": {"run_id": "", "model_uri": "", "model_version": version}}
     return build_metrics(DATASET, results)

@@ -11,30 +11,56 @@ from components.reporting.figures import (TradeoffPoint, attack_matrix, attack_m
                                           tradeoff_points)
 from components.reporting.html import render_report
 from components.reporting.metrics_file import build_metrics, write_json
-from components.reporting.scores import attack_successes, compute_scores
+from components.reporting.scores import advantages, compute_scores
 
 UTIL = {"verification_accuracy": 0.9, "verification_std": 0.01, "tar_at_far_1e-3": 0.5, "eer": 0.1, "rank1": 0.8}
 
 
+ATTACKS = {
+    "template_inversion": {"ssim": 0.6, "psnr_db": 15.0, "sar_type1": 0.3, "sar_type2": 0.2, "sar_ceiling": 0.5,
+                           "advantage": 0.4},
+    "representation_recovery": {"ssim": 0.4, "psnr_db": 12.0, "sar_type1": 0.1, "sar_type2": 0.05,
+                                "sar_ceiling": 0.5, "advantage": 0.1},
+    "model_inversion": {"top1": 0.1, "top5": 0.3, "knn_dist": 1.0, "chance": 0.05, "advantage": 0.05 / 0.95},
+    "membership_inference": {"auc": 0.8, "tpr_at_fpr_1e-2": 0.1, "advantage": 0.6},
+    "attribute_inference": {"sex": {"balanced_accuracy": 0.75, "chance": 0.5, "leakage_bits": 0.2, "advantage": 0.5},
+                            "skin": {"balanced_accuracy": 0.4, "chance": 1 / 3, "leakage_bits": 0.01,
+                                     "advantage": 0.1},
+                            "advantage": 0.5},
+}
+
+
 def test_scores_follow_the_contract_formula():
-    attacks = {
-        "template_inversion": {"ssim": 0.6, "psnr_db": 15.0, "sar_type1": 0.3, "sar_type2": 0.2},
-        "representation_recovery": {"ssim": 0.4, "psnr_db": 12.0, "sar_type1": 0.1, "sar_type2": 0.05},
-        "model_inversion": {"top1": 0.1, "top5": 0.3, "knn_dist": 1.0},
-        "membership_inference": {"auc": 0.8, "tpr_at_fpr_1e-2": 0.1, "advantage": 0.6},
-        "attribute_inference": {"sex": {"balanced_accuracy": 0.75, "chance": 0.5, "leakage_bits": 0.2}},
-    }
-    s = compute_scores(attacks, accuracy=0.81, baseline_accuracy=0.9)
+    base = {**UTIL, "verification_accuracy": 0.9, "tar_at_far_1e-3": 0.5}
+    s = compute_scores(ATTACKS, {**UTIL, "verification_accuracy": 0.81, "tar_at_far_1e-3": 0.45}, base)
     v = 1 - 0.6
-    a = 1 - max(0.2, 0.05, 0.1, 2 * 0.8 - 1, (0.75 - 0.5) / 0.5)
-    assert s["privacy"] == pytest.approx(0.4 * v + 0.6 * a)
+    a = 1 - max(0.4, 0.1, 0.05 / 0.95, 0.6, 0.5)
+    assert s["privacy"] == pytest.approx(0.4 * v + 0.6 * a) and s["privacy_all"] == s["privacy"]   # no scope
     assert s["utility"] == pytest.approx(0.9)
     assert s["overall"] == pytest.approx(2 * s["privacy"] * s["utility"] / (s["privacy"] + s["utility"]))
 
 
-def test_utility_is_capped_and_privacy_absent_without_attacks():
-    s = compute_scores({}, accuracy=0.95, baseline_accuracy=0.9)
-    assert s == {"utility": 1.0}
+def test_privacy_is_taken_over_the_attacks_and_attributes_in_scope():
+    dvpf = {"protects": ["template_attributes"], "in_scope": ["attribute_inference"], "note": "",
+            "attributes": ["skin"]}
+    s = compute_scores(ATTACKS, UTIL, UTIL, dvpf)
+    assert s["privacy"] == pytest.approx(1 - 0.1)                     # skin only; no reconstruction in scope
+    assert s["privacy_all"] == pytest.approx(0.4 * (1 - 0.6) + 0.6 * (1 - 0.6))
+    advface = {"protects": ["stored_templates"], "in_scope": ["template_inversion"], "note": ""}
+    assert compute_scores(ATTACKS, UTIL, UTIL, advface)["privacy"] == pytest.approx(0.4 * 0.4 + 0.6 * 0.6)
+    assert advantages(ATTACKS)["attribute_inference"] == 0.5 and advantages(ATTACKS, ["skin"])["attribute_inference"] == 0.1
+    nothing = {"protects": ["training_images"], "in_scope": ["retrieval_leakage"], "note": ""}
+    assert "privacy" not in compute_scores(ATTACKS, UTIL, UTIL, nothing)   # its attack did not run: not invented
+
+
+def test_utility_is_the_lower_ratio_capped_and_privacy_absent_without_attacks():
+    base = {**UTIL, "verification_accuracy": 0.9, "tar_at_far_1e-3": 0.4}
+    assert compute_scores({}, {**UTIL, "verification_accuracy": 0.95, "tar_at_far_1e-3": 0.5}, base) == {"utility": 1.0}
+    collapsed = compute_scores({}, {**UTIL, "verification_accuracy": 0.88, "tar_at_far_1e-3": 0.1}, base)
+    assert collapsed["utility"] == pytest.approx(0.25)                # the strict operating point collapsed
+    no_tar = compute_scores({}, {**UTIL, "verification_accuracy": 0.45, "tar_at_far_1e-3": 0.0},
+                            {**base, "tar_at_far_1e-3": 0.0})
+    assert no_tar["utility"] == pytest.approx(0.5)                    # the baseline's TAR is 0: accuracy alone
 
 
 def test_metrics_file_has_contract_keys_and_refuses_nan(tmp_path):
@@ -42,7 +68,7 @@ def test_metrics_file_has_contract_keys_and_refuses_nan(tmp_path):
                             "mlflow": {"run_id": "r", "model_uri": "m", "model_version": "1"}}}
     m = build_metrics({"name": "s", "version": "v", "identities": 3, "images": 9}, results)
     d = m["defenses"]["baseline"]
-    assert set(d) == {"params", "utility", "attacks", "scores", "mlflow"}
+    assert set(d) == {"params", "threat_model", "utility", "attacks", "scores", "mlflow"}
     path = write_json(m, tmp_path / "r" / "metrics.json")
     assert json.loads(path.read_text()) == m
     bad = {"baseline": {**results["baseline"], "utility": {**UTIL, "eer": float("nan")}}}
@@ -116,25 +142,29 @@ def test_pareto_front_keeps_equal_points_and_trade_offs():
     assert pareto_front([(0.5, 0.5), (0.5, 0.5), (0.5, 0.6)]) == [2]         # one better copy dominates both
 
 
-RR = {"ssim": 0.5, "psnr_db": 20.0, "sar_type1": 0.3, "sar_type2": 0.2}
+RR = {"ssim": 0.5, "psnr_db": 20.0, "sar_type1": 0.3, "sar_type2": 0.2, "sar_ceiling": 0.5, "advantage": 0.4}
 
 
 def _defenses() -> dict:
     """metrics.json's defenses block: a baseline with the full battery, a swept defense whose
     sweep ran representation recovery only, and one that no attack has touched yet."""
-    full = {"template_inversion": {"ssim": 0.7, "psnr_db": 18.0, "sar_type1": 0.5, "sar_type2": 0.4},
+    full = {"template_inversion": {"ssim": 0.7, "psnr_db": 18.0, "sar_type1": 0.5, "sar_type2": 0.4,
+                                   "sar_ceiling": 0.5, "advantage": 0.8},
             "representation_recovery": RR,
-            "model_inversion": {"top1": 0.8, "top5": 0.9, "knn_dist": 1.0},
+            "model_inversion": {"top1": 0.8, "top5": 0.9, "knn_dist": 1.0, "chance": 0.1, "advantage": 0.7 / 0.9},
             "membership_inference": {"auc": 0.75, "tpr_at_fpr_1e-2": 0.1, "advantage": 0.5},
-            "attribute_inference": {"sex": {"balanced_accuracy": 0.8, "chance": 0.5, "leakage_bits": 0.2}}}
-    dctdp_attacks = {"representation_recovery": {**RR, "ssim": 0.3, "sar_type2": 0.05},
+            "attribute_inference": {"sex": {"balanced_accuracy": 0.8, "chance": 0.5, "leakage_bits": 0.2,
+                                            "advantage": 0.6}, "advantage": 0.6}}
+    dctdp_attacks = {"representation_recovery": {**RR, "ssim": 0.3, "sar_type2": 0.05, "advantage": 0.1},
                      "membership_inference": {"auc": 0.55, "tpr_at_fpr_1e-2": 0.0, "advantage": 0.1}}
     points = [{"value": v, "operating_point": {"eps_mean": v}, "utility": _utility(acc),
-               "attacks": {"representation_recovery": {**RR, "ssim": ssim, "sar_type2": sar}}}
+               "attacks": {"representation_recovery": {**RR, "ssim": ssim, "sar_type2": sar, "advantage": sar / 0.5}}}
               for v, acc, ssim, sar in ((1.0, 0.6, 0.1, 0.0), (50.0, 0.85, 0.6, 0.3))]
     results = {"baseline": {"utility": _utility(0.9), "attacks": full,
                             "not_applicable": {"retrieval_leakage": "publishes no reconstructions"}},
                "dctdp": {"utility": _utility(0.8), "attacks": dctdp_attacks,
+                         "threat_model": {"protects": ["client_representation"], "in_scope": ["representation_recovery"],
+                                          "note": "claims recovery only"},
                          "not_applicable": {"template_inversion": "no template decoder fits",
                                             "retrieval_leakage": "publishes no reconstructions"},
                          "sweep": {"knob": "eps_mean", "points": points}},
@@ -155,7 +185,7 @@ def test_sweep_points_are_scored_on_the_attacks_their_sweep_ran():
         p = pts[label]
         assert p.sweep and p.defense == "dctdp" and p.attacks == ("representation_recovery",)
         assert p.utility == pytest.approx(acc / 0.9)         # relative to the baseline, like the defenses
-        assert p.privacy == pytest.approx(0.4 * (1 - ssim) + 0.6 * (1 - sar))
+        assert p.privacy == pytest.approx(0.4 * (1 - ssim) + 0.6 * (1 - sar / 0.5))
 
 
 def test_tradeoff_plot_draws_every_scored_point_and_the_front(tmp_path):
@@ -167,17 +197,19 @@ def test_tradeoff_plot_draws_every_scored_point_and_the_front(tmp_path):
         assert img.format == "PNG" and img.size[0] > 400
 
 
-def test_attack_matrix_cells_are_the_attack_successes(tmp_path):
+def test_attack_matrix_cells_are_the_advantages_and_frame_the_scope(tmp_path):
     defenses = _defenses()
     m = attack_matrix(defenses)
     assert m.rows == ["baseline", "dctdp", "ppfrfd"]
     for i, name in enumerate(m.rows):
-        expected = attack_successes(defenses[name]["attacks"])
+        expected = advantages(defenses[name]["attacks"])
         got = {c: m.values[i, j] for j, c in enumerate(m.columns) if not np.isnan(m.values[i, j])}
         assert got == pytest.approx(expected)
     # every attack has a column, also the one that applies to no defense
-    assert "retrieval_leakage" in m.columns and "template_inversion.sar_type2" in m.columns
-    j_ti, j_rl = m.columns.index("template_inversion.sar_type2"), m.columns.index("retrieval_leakage")
+    assert "retrieval_leakage" in m.columns and "template_inversion" in m.columns
+    j_ti, j_rl = m.columns.index("template_inversion"), m.columns.index("retrieval_leakage")
+    j_rr = m.columns.index("representation_recovery")
+    assert m.in_scope[1, j_rr] and m.in_scope.sum() == 1                  # dctdp claims recovery only
     assert cell_text(m, 1, j_ti) == "n/a" and cell_text(m, 0, j_rl) == "n/a"   # does not apply
     assert cell_text(m, 2, j_ti) == "-"                                        # not run yet
     assert np.all((m.values[~np.isnan(m.values)] >= 0) & (m.values[~np.isnan(m.values)] <= 1))
@@ -192,7 +224,7 @@ def test_attack_matrix_figure_writes_the_values_in_its_cells(tmp_path):
     defenses = _defenses()
     fig = attack_matrix_figure(defenses)
     by_title = {ax.get_title(): ax for ax in fig.axes}
-    success_ax = by_title["Attack success (lower = more private)"]
+    success_ax = by_title["Attack advantage (lower = more private; framed: in the defense's scope)"]
     ssim_ax = by_title["Reconstruction SSIM (lower = more private)"]
     m = attack_matrix(defenses)
     texts = [t.get_text() for t in success_ax.texts]

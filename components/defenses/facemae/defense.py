@@ -74,7 +74,7 @@ import torch
 from PIL import Image
 
 from components.config import config_from
-from components.defenses.base import DefenseContext, ProtectedSystem
+from components.defenses.base import DefenseContext, ProtectedSystem, ThreatModel
 from components.defenses.facemae.irm import IRMLoss
 from components.defenses.facemae.mae import MaskedAutoencoder
 from components.metrics.embeddings import to_model_tensor
@@ -304,7 +304,7 @@ def heldout_measures(mae: MaskedAutoencoder, irm: IRMLoss, images_uint8: np.ndar
         pred = mae(x, mask)
         x_hat = mae.reconstruct(x, mask, pred).clamp(-1, 1)
         inst, rel = irm.to("cpu")(x_hat, x)
-    from components.attacks.measures import ssim_psnr   # lazy: attacks import the defense protocol
+    from components.metrics.reconstruction import ssim_psnr
 
     s, p = ssim_psnr(x_hat, x)
     measures = {"mae_masked_loss": float(mae.masked_loss(x, pred, mask)), "heldout_ssim": s,
@@ -336,6 +336,13 @@ class FaceMAEDefense:
     config_class = FaceMAEConfig   # its params block (params.yaml's schema reads it)
     name = "facemae"
     privacy_knob = "mask_ratio"
+
+
+    def threat_model(self, params: dict) -> ThreatModel:
+        return ThreatModel(("training_images",), ("retrieval_leakage", "membership_inference"),
+                           "the FR model trains only on MAE reconstructions of masked private faces: it claims that "
+                           "the training identities cannot be retrieved from the published training set or read "
+                           "back from the model; what leaves the client is the raw face")
 
     def build(self, ctx: DefenseContext) -> FaceMAESystem:
         cfg = facemae_config(ctx.params)

@@ -1,0 +1,118 @@
+"""How much of a face a reconstruction gives back, as the reconstruction attacks report it.
+
+* Visual similarity: SSIM and PSNR (torchmetrics) of a reconstruction against its source.
+  Images are float tensors in [-1, 1], so both use an explicit ``data_range=2.0`` (the
+  width of that interval): SSIM's stabilisers are C1 = (0.01 * 2)^2, C2 = (0.03 * 2)^2 and
+  PSNR = 10 log10(2^2 / MSE). Both are computed per image and averaged over images.
+* SAR, the successful attack rate of Mai et al. ("On the reconstruction of face images
+  from deep face templates", TPAMI 2019, type-I / type-II attacks): the share of
+  reconstructions that the independent evaluation FR model (the judge) accepts, against
+  the source image (type 1) and another image of the same identity (type 2), at the
+  threshold where the judge's false-match rate is `far` (1e-3) over every cross-identity
+  pair of the test identities (components.metrics.operating_point: accept = cosine strictly
+  above the threshold). Scores are cosines of flip-averaged, L2-normalised judge features.
+* The ceiling of SAR type 2 is the judge's own acceptance of the genuine originals paired
+  the same way: a perfect reconstruction scores it, so advantage = SAR type 2 / ceiling
+  puts reconstruction on the scale of every other attack (components.metrics.advantage).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
+
+from components.metrics.embeddings import extract_features, to_model_tensor
+from components.metrics.operating_point import all_pairs_operating_point
+
+__all__ = ["DATA_RANGE", "PSNR_CAP_DB", "ssim_psnr", "evaluation_features", "judge_threshold", "accept_rate", "sar"]
+
+DATA_RANGE = 2.0          # images live in [-1, 1]
+PSNR_CAP_DB = 100.0       # per-image PSNR of identical images (MSE = 0) is capped here, not inf
+
+
+def _as_float_images(x, what: str) -> torch.Tensor:
+    """uint8 (N, H, W, 3) numpy or float (N, 3, H, W) in [-1, 1] -> float32 CPU tensor."""
+    if isinstance(x, np.ndarray) and x.dtype == np.uint8:
+        return to_model_tensor(x)
+    t = torch.as_tensor(x)
+    if not torch.is_floating_point(t):
+        raise ValueError(f"{what}: expected uint8 (N, H, W, 3) numpy or float (N, 3, H, W), got {t.dtype}")
+    if t.ndim != 4 or t.shape[1] != 3:
+        raise ValueError(f"{what}: expected (N, 3, H, W) float images, got shape {tuple(t.shape)}")
+    return t.detach().to("cpu", torch.float32)
+
+
+def ssim_psnr(recon, target) -> tuple[float, float]:
+    """(mean SSIM, mean PSNR in dB) of reconstructions against their targets.
+
+    Inputs are float (N, 3, H, W) in [-1, 1] (or uint8 (N, H, W, 3)); data_range = 2.0, the
+    width of [-1, 1]. SSIM: torchmetrics, gaussian window 11 / sigma 1.5, per image then
+    averaged. PSNR: torchmetrics per image (dim = C, H, W), each capped at PSNR_CAP_DB so
+    that an exact copy gives a finite number, then averaged.
+    """
+    r = _as_float_images(recon, "recon")
+    t = _as_float_images(target, "target")
+    if r.shape != t.shape:
+        raise ValueError(f"recon {tuple(r.shape)} and target {tuple(t.shape)} differ in shape")
+    if r.shape[0] == 0:
+        raise ValueError("no images given")
+    r = r.clamp(-1.0, 1.0)
+    ssim = StructuralSimilarityIndexMeasure(data_range=DATA_RANGE, reduction="elementwise_mean")
+    psnr = PeakSignalNoiseRatio(data_range=DATA_RANGE, reduction="none", dim=(1, 2, 3))
+    s = float(ssim(r, t))
+    p = psnr(r, t).clamp(max=PSNR_CAP_DB)
+    return s, float(p.mean())
+
+
+def _backbone(evaluation) -> nn.Module:
+    return evaluation.backbone if hasattr(evaluation, "backbone") else evaluation
+
+
+def evaluation_features(evaluation, images, batch_size: int = 256) -> np.ndarray:
+    """Flip-averaged, L2-normalised features of the evaluation model (FRModel or module),
+    for uint8 (N, H, W, 3) or float (N, 3, H, W) images in [-1, 1]. Runs in eval mode."""
+    net = _backbone(evaluation)
+    was_training = net.training
+    net.eval()
+    try:
+        device = next(net.parameters()).device
+        f = extract_features(net, images, batch_size=batch_size, flip=True, device=device)
+    finally:
+        net.train(was_training)
+    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+
+
+def judge_threshold(features: np.ndarray, identities: np.ndarray, far: float = 1e-3) -> tuple[float, int]:
+    """(cosine threshold, impostor pairs behind it): the judge accepts a pair when its
+    cosine is above the threshold; at most `far` of every cross-identity pair of
+    `features` (L2-normalised judge features, one row per image) passes."""
+    pairs = all_pairs_operating_point(features, identities, max_rate=far)
+    return pairs.threshold(far), pairs.n_impostor
+
+
+def accept_rate(f_recon: np.ndarray, f_ref: np.ndarray, threshold: float) -> float:
+    """Share of rows whose cosine (rows L2-normalised) is > threshold (the accept rule of
+    components.metrics.operating_point)."""
+    if f_recon.shape != f_ref.shape:
+        raise ValueError(f"feature shapes differ: {f_recon.shape} vs {f_ref.shape}")
+    cos = np.einsum("ij,ij->i", f_recon.astype(np.float64), f_ref.astype(np.float64))
+    return float(np.mean(cos > threshold))
+
+
+def sar(evaluation, recon, sources, others, threshold: float) -> tuple[float, float]:
+    """(SAR type 1, SAR type 2): share of reconstructions whose evaluation cosine with the
+    source image (type 1) / with another image of the same identity (type 2) is > threshold.
+
+    recon[i] reconstructs sources[i]; others[i] is another image of sources[i]'s identity
+    (None: type 2 is NaN). Images as in `evaluation_features`. Sanity anchors: the sources
+    themselves as `recon` give type 1 = 1 (cosine 1 > any threshold < 1); type 2 of the
+    sources is the evaluation model's own TAR on those pairs, the ceiling of type 2.
+    """
+    fr = evaluation_features(evaluation, recon)
+    fs = evaluation_features(evaluation, sources)
+    type1 = accept_rate(fr, fs, threshold)
+    if others is None:
+        return type1, float("nan")
+    return type1, accept_rate(fr, evaluation_features(evaluation, others), threshold)
