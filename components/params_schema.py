@@ -113,7 +113,11 @@ def schema() -> type[BaseModel]:
         train: _from_dataclass(TrainConfig)
         world_size: int = Field(1, ge=1)
 
-    attack_models = {name: _from_dataclass(a.config_class) for name, a in ATTACKS.items()}
+    attack_models = {}
+    for name, attack in ATTACKS.items():   # each block may name variants: overrides of the same block
+        own = _from_dataclass(attack.config_class)
+        attack_models[name] = create_model(f"{own.__name__}WithVariants", __base__=own,
+                                           variants=(dict[str, own] | None, None))
     Attacks = create_model("Attacks", __config__=STRICT, **{n: (m, None) for n, m in attack_models.items()})
     defense_models = {n: _from_dataclass(d.config_class) for n, d in DEFENSES.items() if d.config_class}
     sweep_models = {n: create_model(f"{n}Sweep", __config__=STRICT, values=(list[float | str], ...),
@@ -200,8 +204,14 @@ def _blocks(params: dict):
     base_train = params["baseline"]["train"]
     for block in ("baseline", "evaluation"):
         yield (block, "train"), TrainConfig, params[block]["train"]
+    from components.attacks.variants import split_variants
+    from components.config import deep_merge
+
     for name, attack in ATTACKS.items():
-        yield ("attacks", name), attack.config_class, params["attacks"].get(name) or {}
+        own, variants = split_variants(params["attacks"].get(name))
+        yield ("attacks", name), attack.config_class, own
+        for variant, overrides in variants.items():
+            yield ("attacks", name, "variants", variant), attack.config_class, deep_merge(own, overrides)
     for name, defense in DEFENSES.items():
         if defense.config_class is None or name not in params:
             continue
@@ -211,8 +221,6 @@ def _blocks(params: dict):
             yield (name, "train"), TrainConfig, {**base_train, **block["train"]}
         sweep = (params.get("sweeps") or {}).get(name) or {}
         if sweep.get("params"):
-            from components.config import deep_merge
-
             yield ("sweeps", name, "params"), defense.config_class, deep_merge(block, sweep["params"])
 
 

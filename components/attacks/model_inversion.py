@@ -28,6 +28,19 @@ the same batch and, per target, the one the *attacked* model scores highest is k
 attacker never sees the judge). A latent-space (generator) variant is not built: a GAN
 on the public faces would cost more CPU than the whole attack battery at demo scale.
 
+Adaptive variants (components.attacks.variants; params `variants`):
+  * ``eot`` > 1 and ``straight_through``: the loss averaged over that many draws of the
+    defense's noise per step (expectation over transformation, Athalye et al. 2018) and
+    its clipping differentiated as the identity (``components.defenses.base.clip``),
+    started from the public mean face; applies where protect() is random or clips.
+  * ``space: representation``: the inversion optimises the protected representation
+    itself (through embed and the head, with a prior keeping it near the public
+    representations' mean and spread, and the BN prior), and the representation-recovery
+    attacker's U-Net (trained on public faces, shared with that attack) decodes it to a
+    face for the judge; applies where protect() sends something other than the face. This
+    is the representation-space stand-in for a generative prior: the U-Net is a decoder
+    learned from public faces.
+
 Threat model: white-box access to the deployed system (protect, embed and the training
 classifier head with its weights, including BN statistics); the attacker knows how many
 training identities there are and targets them by label. Private images are never read by
@@ -51,6 +64,7 @@ AdvFace) and judged afresh; the reuse is recorded in the strength (`shared_from`
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 from typing import Literal
 from pathlib import Path
@@ -63,7 +77,7 @@ from torch import nn
 from components.attacks.base import AttackContext, AttackResult, NotApplicable
 from components.attacks.sharing import computed_or_shared
 from components.data.views import split_view
-from components.defenses.base import ProtectedSystem
+from components.defenses.base import ProtectedSystem, clips_input, straight_through
 from components.metrics.advantage import rescaled
 from components.metrics.embeddings import to_model_tensor
 
@@ -84,6 +98,9 @@ class ModelInversionConfig:
     flip: bool = True   # random horizontal flip per step
     batch_size: int = 256   # images per optimisation batch (targets * restarts are chunked)
     save_grid: bool = False   # write a PNG grid of the inversions (synthesised images only)
+    eot: int = 1   # draws of the defense's randomness averaged per step (expectation over transformation)
+    straight_through: bool = False   # differentiate through the defense's clipping as the identity (BPDA)
+    space: Literal["image", "representation"] = "image"   # optimise pixels, or the protected representation
 
 
 DEFAULTS: dict = asdict(ModelInversionConfig())   # the plain dict the attack merges its params over
@@ -123,11 +140,14 @@ class _BNStats:
 def invert(system: ProtectedSystem, labels: torch.Tensor, shape: tuple[int, int, int], *, steps: int = 100,
            lr: float = 0.1, scale: float = 8.0, tv: float = 0.05, l2: float = 0.01, bn: float = 0.01,
            jitter: int = 2, flip: bool = True, init: torch.Tensor | None = None, seed: int = 0,
+           eot: int = 1, straight: bool = False,
            device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Invert `system`'s classifier toward `labels`, one image per label, in one batch.
 
     Returns the images (B, C, H, W) in [-1, 1] (on cpu) and the attacked system's final
     cosine to each label (B,). `init` (B or 1, C, H, W) replaces the uniform-noise start.
+    `eot` > 1 averages the loss over that many draws of the system's randomness per step;
+    `straight` differentiates through the defense's clipping as the identity.
     Only the input is optimised: gradients flow to x alone (the system's parameters and
     their .grad are left untouched); the system runs in eval mode, restored afterwards.
     """
@@ -143,6 +163,7 @@ def invert(system: ProtectedSystem, labels: torch.Tensor, shape: tuple[int, int,
     system.eval()
     hooks = _BNStats(system) if bn > 0 else None
     opt = torch.optim.Adam([x], lr=lr, betas=(0.5, 0.99))
+    eot = max(1, int(eot))
     try:
         for _ in range(int(steps)):
             xi = x
@@ -151,8 +172,9 @@ def invert(system: ProtectedSystem, labels: torch.Tensor, shape: tuple[int, int,
                 xi = torch.roll(xi, shifts=(dy, dx), dims=(2, 3))
             if flip and bool(torch.rand((), generator=gen) < 0.5):
                 xi = torch.flip(xi, dims=[3])
-            cos = system.logits(xi)
-            loss = F.cross_entropy(scale * cos, labels)
+            with straight_through() if straight else contextlib.nullcontext():
+                cos = system.logits(xi.repeat(eot, 1, 1, 1) if eot > 1 else xi)
+            loss = F.cross_entropy(scale * cos, labels.repeat(eot) if eot > 1 else labels)
             if hooks is not None:
                 bn_loss = hooks.pop()
                 if bn_loss is not None:
@@ -167,7 +189,8 @@ def invert(system: ProtectedSystem, labels: torch.Tensor, shape: tuple[int, int,
             if hooks is not None:
                 hooks.close()
                 hooks = None
-            final = system.logits(x).gather(1, labels.view(-1, 1)).squeeze(1)
+            final = torch.stack([system.logits(x).gather(1, labels.view(-1, 1)).squeeze(1)
+                                 for _ in range(eot)]).mean(0)
     finally:
         if hooks is not None:
             hooks.close()
@@ -231,11 +254,50 @@ def _save_grid(images: torch.Tensor, path: Path, ncol: int = 10) -> Path:
     return path
 
 
+def invert_representation(system: ProtectedSystem, labels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, *,
+                          steps: int, lr: float, scale: float, l2: float, bn: float, seed: int,
+                          device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Invert the classifier toward `labels` in the space of protected representations:
+    Adam on r (started at the public mean representation plus a little seeded noise) for
+    CE(s * head.cosine(embed(r))) + l2 * mean(((r - mean) / std)^2) + bn * BN prior. The
+    prior keeps r where public representations lie, so that the recovery network, trained on
+    them, decodes it to a face. Returns (r, final cosine to each label), on cpu."""
+    gen = torch.Generator().manual_seed(int(seed))
+    n = int(labels.shape[0])
+    mean, std = mean.to(device), std.to(device)
+    r0 = mean.expand(n, *mean.shape[1:]) + 0.1 * std * torch.randn((n, *mean.shape[1:]), generator=gen).to(device)
+    r = r0.clone().requires_grad_(True)
+    labels = labels.to(device)
+    hooks = _BNStats(system) if bn > 0 else None
+    opt = torch.optim.Adam([r], lr=lr, betas=(0.5, 0.99))
+    try:
+        for _ in range(int(steps)):
+            loss = F.cross_entropy(scale * system.head.cosine(system.embed(r)), labels)
+            if hooks is not None:
+                bn_loss = hooks.pop()
+                if bn_loss is not None:
+                    loss = loss + bn * bn_loss
+            loss = loss + l2 * ((r - mean) / std).pow(2).mean()
+            (grad,) = torch.autograd.grad(loss, [r])
+            r.grad = grad
+            opt.step()
+        if hooks is not None:
+            hooks.close()
+            hooks = None
+        with torch.no_grad():
+            final = system.head.cosine(system.embed(r)).gather(1, labels.view(-1, 1)).squeeze(1)
+    finally:
+        if hooks is not None:
+            hooks.close()
+    return r.detach().cpu(), final.detach().cpu()
+
+
 class ModelInversion:
     """White-box inversion of the attacked system's training classifier (see module doc)."""
     config_class = ModelInversionConfig   # its params block (params.yaml's schema reads it)
 
     name = "model_inversion"
+    tie_break = "top5"   # between variants of equal advantage (components.attacks.variants)
 
     def applies_to(self, system: ProtectedSystem) -> str | None:
         head = getattr(system, "head", None)
@@ -244,6 +306,30 @@ class ModelInversion:
         if type(system).logits is not ProtectedSystem.logits:
             return None     # a custom classifier surface; run() checks it really answers
         return "no classifier head exposed"
+
+    def variant_applies(self, ctx: AttackContext, params: dict) -> str | None:
+        """Expectation over the defense's noise and a straight-through clip change the attack
+        only where protect() is random or clipped; an inversion in representation space only
+        where protect() sends something other than the face (components.attacks.variants)."""
+        from components.attacks.measures import frozen
+        from components.attacks.sharing import fingerprint_images
+
+        p = {**DEFAULTS, **params}
+        batch = fingerprint_images(ctx.images, ctx.manifest, n=8)
+        with frozen(ctx.system, ctx.device) as system, torch.no_grad(), torch.random.fork_rng(devices=[]):
+            device = next(iter(system.parameters()), batch).device
+            first = system.protect(batch.to(device)).cpu()
+            if p["space"] == "representation":
+                if first.ndim != 4:
+                    return f"protect() returns shape {tuple(first.shape[1:])}, not a (C, h, w) map"
+                if first.shape == batch.shape and torch.equal(first, batch):
+                    return "protect() sends the face itself: the image-space attack is the same"
+                return None
+            if int(p["eot"]) > 1 or p["straight_through"]:
+                random = not torch.equal(first, system.protect(batch.to(device)).cpu())
+                if not random and not clips_input(system):
+                    return "protect() is deterministic and clips nothing: the plain attack"
+        return None
 
     def run(self, ctx: AttackContext) -> AttackResult:
         p = {**DEFAULTS, **(ctx.params or {})}
@@ -294,22 +380,27 @@ class ModelInversion:
         labels = torch.as_tensor(np.repeat(targets, restarts), dtype=torch.long)
         bs = max(1, int(p["batch_size"]))
 
-        def compute() -> dict:
-            chunks_x, chunks_s = [], []
-            for i, j in enumerate(range(0, labels.shape[0], bs)):
-                xi, si = invert(system, labels[j:j + bs], shape, steps=int(p["steps"]), lr=float(p["lr"]),
-                                scale=float(p["scale"]), tv=float(p["tv"]), l2=float(p["l2"]), bn=float(p["bn"]),
-                                jitter=int(p["jitter"]), flip=bool(p["flip"]), init=init,
-                                seed=int(ctx.seed) * 1000 + i, device=device)
-                chunks_x.append(xi)
-                chunks_s.append(si)
-            return {"inversions": torch.cat(chunks_x), "scores": torch.cat(chunks_s)}
+        decoder_strength = {}
+        if p["space"] == "representation":
+            inverted, shared_from, decoder_strength = self._in_representation_space(ctx, system, labels, p, device)
+        else:
+            def compute() -> dict:
+                chunks_x, chunks_s = [], []
+                for i, j in enumerate(range(0, labels.shape[0], bs)):
+                    xi, si = invert(system, labels[j:j + bs], shape, steps=int(p["steps"]), lr=float(p["lr"]),
+                                    scale=float(p["scale"]), tv=float(p["tv"]), l2=float(p["l2"]),
+                                    bn=float(p["bn"]), jitter=int(p["jitter"]), flip=bool(p["flip"]), init=init,
+                                    seed=int(ctx.seed) * 1000 + i, eot=int(p["eot"]),
+                                    straight=bool(p["straight_through"]), device=device)
+                    chunks_x.append(xi)
+                    chunks_s.append(si)
+                return {"inversions": torch.cat(chunks_x), "scores": torch.cat(chunks_s)}
 
-        # the inversions depend on the classifier surface only (logits, BN statistics inside
-        # it): computed once for systems that share it (components.attacks.sharing)
-        inverted, shared_from = computed_or_shared(ctx, "model_inversion/inversions",
-                                                   {**p, "targets": targets.tolist()}, system.logits, system,
-                                                   compute, device)
+            # the inversions depend on the classifier surface only (logits, BN statistics inside
+            # it): computed once for systems that share it (components.attacks.sharing)
+            inverted, shared_from = computed_or_shared(ctx, "model_inversion/inversions",
+                                                       {**p, "targets": targets.tolist()}, system.logits, system,
+                                                       compute, device)
         inversions, scores = inverted["inversions"], inverted["scores"]
         if restarts > 1:   # the attacker's own choice: best restart by the attacked model
             best = scores.view(-1, restarts).argmax(dim=1)
@@ -335,10 +426,56 @@ class ModelInversion:
             "restarts": restarts,
             "init": str(p["init"]),
             "scale": float(p["scale"]),
+            "eot": int(p["eot"]),
+            "straight_through": bool(p["straight_through"]),
+            "space": str(p["space"]),
+            **decoder_strength,
         }
         if shared_from is not None:
             strength["shared_from"] = shared_from
         return AttackResult(measures=measures, strength=strength, artifacts=artifacts)
+
+    def _in_representation_space(self, ctx: AttackContext, system: ProtectedSystem, labels: torch.Tensor, p: dict,
+                                 device) -> tuple[dict, str | None, dict]:
+        """Inversions in representation space, decoded to faces by the representation-recovery
+        attacker's U-Net (trained on public faces against this system's protect, shared with
+        that attack). Returns ({inversions, scores}, shared_from, strength of the decoder)."""
+        from components.attacks.measures import batched, config_from, frozen, reconstruction_data
+        from components.attacks.representation_recovery import RepresentationRecoveryConfig, recovery_network
+        from components.attacks.variants import split_variants
+
+        if getattr(system, "head", None) is None or not hasattr(system.head, "cosine"):
+            raise NotApplicable("no classifier head to invert in representation space")
+        rr_params, _ = split_variants((ctx.extra.get("attack_params") or {}).get("representation_recovery"))
+        rr_cfg = config_from(RepresentationRecoveryConfig, rr_params)
+        public_x, _, _ = split_view(ctx.images, ctx.manifest, "public")
+        with torch.no_grad():
+            reps = batched(system.protect, to_model_tensor(public_x), 64, device)
+        mean, std = reps.mean(0, keepdim=True), reps.std(0, keepdim=True).clamp_min(1e-6)
+        bs = max(1, int(p["batch_size"]))
+
+        def compute() -> dict:
+            chunks_r, chunks_s = [], []
+            for i, j in enumerate(range(0, labels.shape[0], bs)):
+                ri, si = invert_representation(system, labels[j:j + bs], mean, std, steps=int(p["steps"]),
+                                               lr=float(p["lr"]), scale=float(p["scale"]), l2=float(p["l2"]),
+                                               bn=float(p["bn"]), seed=int(ctx.seed) * 1000 + i, device=device)
+                chunks_r.append(ri)
+                chunks_s.append(si)
+            return {"representations": torch.cat(chunks_r), "scores": torch.cat(chunks_s)}
+
+        inverted, shared_from = computed_or_shared(ctx, "model_inversion/representations",
+                                                   {**p, "labels": labels.tolist()}, system.logits, system,
+                                                   compute, device)
+        data = reconstruction_data(ctx, rr_cfg)
+        with frozen(system, device) as frozen_system:
+            net, _, _, net_shared, _ = recovery_network(ctx, rr_cfg, frozen_system, data, device)
+            images = batched(net, inverted["representations"], 64, device)
+        strength = {"decoder": f"representation_recovery U-Net (depth {rr_cfg.depth}, width {rr_cfg.width}, "
+                               f"{rr_cfg.epochs} epochs on public faces)"}
+        if net_shared is not None:
+            strength["decoder_shared_from"] = net_shared
+        return {"inversions": images, "scores": inverted["scores"]}, shared_from, strength
 
 
 ATTACK = ModelInversion()

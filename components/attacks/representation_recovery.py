@@ -132,9 +132,37 @@ class RecoveryUNet(nn.Module):
         return torch.tanh(self.out(x) + self.shortcut(stem))
 
 
+def recovery_network(ctx: AttackContext, cfg: RepresentationRecoveryConfig, system: ProtectedSystem,
+                     data, device) -> tuple[RecoveryUNet, list[float], int, str | None, torch.Tensor]:
+    """The attacker's U-Net from protected representations to faces, trained on fresh queries
+    of public faces (or the same network trained earlier against an identical `protect`,
+    components.attacks.sharing). `system` is frozen by the caller. Returns (net, loss
+    history, queries, the defense it was trained for when shared, a probe representation).
+    Model inversion in representation space decodes its inversions with it."""
+    train_x = data.train_x
+    probe = batched(system.protect, train_x[:2], 2, device)
+    if probe.ndim != 4:
+        raise NotApplicable(f"protect returns shape {tuple(probe.shape[1:])}, not a (C, h, w) map")
+    net = RecoveryUNet(tuple(probe.shape[1:]), data.size, cfg.width, cfg.depth).to(device)
+    queries = 0
+
+    def batch_loss(xb):
+        nonlocal queries
+        with torch.no_grad():
+            rep = system.protect(xb)      # a fresh query: fresh noise for stochastic defenses
+        queries += xb.shape[0]
+        return F.l1_loss(net(rep), xb)
+
+    history, extras, shared_from = fit_or_share(ctx, "representation_recovery/unet", cfg, system.protect,
+                                                system, net, train_x, batch_loss, data.gen, device,
+                                                extras=lambda: {"queries": queries})
+    return net, history, int(extras["queries"]), shared_from, probe
+
+
 class RepresentationRecovery:
     config_class = RepresentationRecoveryConfig   # its params block (params.yaml's schema reads it)
     name = "representation_recovery"
+    tie_break = "ssim"   # between variants of equal advantage (components.attacks.variants)
 
     def applies_to(self, system: ProtectedSystem) -> str | None:
         return None   # every system has a client transform (identity for the baseline)
@@ -144,33 +172,17 @@ class RepresentationRecovery:
         device = torch.device(ctx.device)
         start = time.perf_counter()
         data = reconstruction_data(ctx, cfg)
-        train_x, hold_x, targets, gen = data.train_x, data.hold_x, data.targets, data.gen
-        size = data.size
+        train_x, hold_x, targets = data.train_x, data.hold_x, data.targets
         bs = effective_batch(cfg, train_x.shape[0])
 
         with frozen(ctx.system, device) as system:
-            probe = batched(system.protect, train_x[:2], 2, device)
-            if probe.ndim != 4:
-                raise NotApplicable(f"protect returns shape {tuple(probe.shape[1:])}, not a (C, h, w) map")
-            net = RecoveryUNet(tuple(probe.shape[1:]), size, cfg.width, cfg.depth).to(device)
-            queries = 0
-
-            def batch_loss(xb):
-                nonlocal queries
-                with torch.no_grad():
-                    rep = system.protect(xb)      # a fresh query: fresh noise for stochastic defenses
-                queries += xb.shape[0]
-                return F.l1_loss(net(rep), xb)
-
-            history, extras, shared_from = fit_or_share(ctx, "representation_recovery/unet", cfg, system.protect,
-                                                        system, net, train_x, batch_loss, gen, device,
-                                                        extras=lambda: {"queries": queries})
-            queries = extras["queries"]
+            net, history, queries, shared_from, probe = recovery_network(ctx, cfg, system, data, device)
             intercepted = batched(system.protect, targets.images, 64, device)   # what the clients sent
             recons = batched(net, intercepted, 64, device)
             grid_recons = batched(lambda x: net(system.protect(x)), hold_x, 64, device) if len(hold_x) else None
 
-        measures, threshold, artifacts = reconstruction_result(ctx, cfg, "representation_recovery", data, recons, grid_recons)
+        measures, threshold, artifacts = reconstruction_result(ctx, cfg, "representation_recovery", data, recons,
+                                                               grid_recons)
         strength = {
             "attacker_images": int(train_x.shape[0]),
             "queries": int(queries),

@@ -28,7 +28,12 @@ private) images and white-box access to the deployed system, and trains only on 
 identities (split == "public"), templates computed by querying the system as a probe
 (`system.probe`: the clean template; it differs from the stored one only for defenses that
 alter stored templates, e.g. AdvFace, whose protection is exactly that the attacker's
-decoder meets perturbed templates it was not trained on). ~10% of the
+decoder meets perturbed templates it was not trained on). The adaptive variant
+`train_on: stored` (components.attacks.variants) is the attacker who has stolen the
+database and enrolled public faces himself: he reads their stored templates (`system(x)`,
+perturbed where the defense perturbs them) and trains the decoder on those, with the
+identity loss still toward the clean probe template of the face; it applies only where
+stored templates differ from probes. ~10% of the
 public images are held out of training and drawn, with their reconstructions, in the
 grid artifact; private faces are only targets and never drawn. Measures: SSIM/PSNR of the
 decoded stored templates against their sources, and SAR type 1/2 judged by the
@@ -53,6 +58,7 @@ from torch.nn import functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim_fn
 
 from components.attacks.base import AttackContext, AttackResult
+from components.attacks.sharing import fingerprint_images, surface_fingerprint
 from components.attacks.measures import (batched, config_from, effective_batch, fit_or_share, frozen,
                                          reconstruction_data, reconstruction_result)
 from components.defenses.base import ProtectedSystem
@@ -77,6 +83,7 @@ class TemplateInversionConfig:
     refine_steps: int = 0     # per-target refinement of the decoder's input code (white box); 0 = off
     refine_lr: float = 0.05
     architecture: Literal["upsample", "mlp"] = "upsample"  # the decoder design: upsample (TemplateDecoder) | mlp (MLPDecoder)
+    train_on: Literal["probe", "stored"] = "probe"   # the templates the decoder learns from (see the docstring)
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -165,6 +172,17 @@ def refine(decoder: "TemplateDecoder", system: ProtectedSystem, stored: torch.Te
     return torch.cat(out)
 
 
+def stores_other_templates(system: ProtectedSystem, images, manifest, device) -> bool:
+    """Whether the system's stored templates differ from its probes (on the fixed public
+    batch of components.attacks.sharing), i.e. whether the database holds transformed
+    templates (AdvFace)."""
+    if not system.has_probe:
+        return False
+    batch = fingerprint_images(images, manifest)
+    stored = surface_fingerprint(system, system, batch, device)
+    return stored != surface_fingerprint(system.probe, system, batch, device)
+
+
 def _identity_loss(system: ProtectedSystem, recon: torch.Tensor, target: torch.Tensor) -> torch.Tensor | None:
     t = system.probe(recon)
     if not t.requires_grad:          # protect does not depend (differentiably) on the image
@@ -175,9 +193,19 @@ def _identity_loss(system: ProtectedSystem, recon: torch.Tensor, target: torch.T
 class TemplateInversion:
     config_class = TemplateInversionConfig   # its params block (params.yaml's schema reads it)
     name = "template_inversion"
+    tie_break = "ssim"   # between variants of equal advantage (components.attacks.variants)
 
     def applies_to(self, system: ProtectedSystem) -> str | None:
         return None                  # every system stores templates
+
+    def variant_applies(self, ctx: AttackContext, params: dict) -> str | None:
+        """A decoder trained on stored templates differs from the plain one only where the
+        stored templates are not the probes (components.attacks.variants)."""
+        if params.get("train_on", "probe") != "stored":
+            return None
+        if not stores_other_templates(ctx.system, ctx.images, ctx.manifest, torch.device(ctx.device)):
+            return "the stored templates are the probe templates: the plain attack"
+        return None
 
     def run(self, ctx: AttackContext) -> AttackResult:
         cfg = config_from(TemplateInversionConfig, ctx.params)
@@ -193,23 +221,27 @@ class TemplateInversion:
             decoder = make_decoder(cfg.architecture, dim, size, cfg.width).to(device)
             id_used = False
 
+            stored_on = cfg.train_on == "stored"
+            source = system if stored_on else system.probe   # system(x) is the stored template
+
             def batch_loss(xb):
                 nonlocal id_used
                 with torch.no_grad():
-                    tb = system.probe(xb)
+                    tb = source(xb)
+                    target = system.probe(xb) if stored_on else tb   # the clean template of xb
                 recon = decoder(tb)
                 loss = cfg.w_l1 * F.l1_loss(recon, xb)
                 if cfg.w_ssim:
                     loss = loss + cfg.w_ssim * (1 - ssim_fn(recon, xb, data_range=DATA_RANGE))
                 if cfg.w_id:
-                    lid = _identity_loss(system, recon, tb)
+                    lid = _identity_loss(system, recon, target)
                     if lid is not None:
                         loss = loss + cfg.w_id * lid
                         id_used = True
                 return loss
 
             # the decoder depends on the probe surface only: trained once for systems sharing it
-            history, extras, shared_from = fit_or_share(ctx, "template_inversion/decoder", cfg, system.probe,
+            history, extras, shared_from = fit_or_share(ctx, "template_inversion/decoder", cfg, source,
                                                         system, decoder, train_x, batch_loss, gen, device,
                                                         extras=lambda: {"identity_loss_used": id_used})
             id_used = extras["identity_loss_used"]
@@ -228,6 +260,7 @@ class TemplateInversion:
                              if cfg.architecture == "upsample" else decoder.architecture),
             "parameters": int(sum(p.numel() for p in decoder.parameters())),
             "loss": "L1+(1-SSIM)+identity",
+            "trained_on": "stored templates of enrolled public faces" if stored_on else "probe templates",
             "loss_weights": {"l1": cfg.w_l1, "ssim": cfg.w_ssim, "identity": cfg.w_id},
             "identity_loss_used": bool(id_used),
             "augment": bool(cfg.augment),

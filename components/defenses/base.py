@@ -20,6 +20,8 @@ share work between points, e.g. one shadow decoder for every eps) or else by cal
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,35 @@ import torch
 from torch import nn
 
 from components.models.fr_model import FRModel
+
+
+_STRAIGHT_THROUGH = contextvars.ContextVar("privface_straight_through", default=False)
+
+
+@contextlib.contextmanager
+def straight_through():
+    """Inside this block every defense's `clip` passes gradients through unchanged (a
+    straight-through estimator, BPDA in Athalye et al., ICML 2018): an attacker who knows
+    the defense differentiates through its clipping as if it were the identity. The
+    forward values do not change."""
+    token = _STRAIGHT_THROUGH.set(True)
+    try:
+        yield
+    finally:
+        _STRAIGHT_THROUGH.reset(token)
+
+
+def clip(x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    """x clipped to [lo, hi] element-wise; straight-through inside `straight_through()`.
+    Defenses clip through this (and set `clips = True` on the module) so that adaptive
+    attackers can find them."""
+    y = torch.maximum(torch.minimum(x, hi), lo)
+    return x + (y - x).detach() if _STRAIGHT_THROUGH.get() else y
+
+
+def clips_input(system: nn.Module) -> bool:
+    """Whether any module of the system clips through `clip` (declares `clips = True`)."""
+    return any(getattr(m, "clips", False) for m in system.modules())
 
 
 class ProtectedSystem(nn.Module):

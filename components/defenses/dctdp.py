@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from components.config import config_from
-from components.defenses.base import DefenseContext, ThreatModel
+from components.defenses.base import DefenseContext, ThreatModel, clip
 from components.defenses.frequency import (FrequencySystem, frequency_spec, representation_grid, train_config,
                                            train_frequency_fr)
 from components.freq import DC_CHANNELS, BlockDCT
@@ -48,6 +48,8 @@ class DCTDPConfig:
 
 class LaplaceBudget(nn.Module):
     """Clip to [lo, hi], add mu + (hi - lo) / eps * Laplace(0, 1) with eps from softmax(rho)."""
+
+    clips = True   # through components.defenses.base.clip: adaptive attackers pass it straight through
 
     def __init__(self, shape: tuple[int, ...], eps_mean: float):
         super().__init__()
@@ -68,7 +70,7 @@ class LaplaceBudget(nn.Module):
         return (self.hi - self.lo) / self.budgets()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.maximum(torch.minimum(x, self.hi), self.lo)
+        x = clip(x, self.lo, self.hi)
         noise = torch.distributions.Laplace(torch.zeros_like(x), torch.ones_like(x)).sample()
         return x + self.mu + self.scales() * noise
 

@@ -8,6 +8,7 @@ import mlflow
 
 from components.attacks import ATTACKS, AttackContext, NotApplicable
 from components.attacks.sharing import SharedWork, context_digest
+from components.attacks.variants import run_variants
 from components.data.ingest import FaceDataset
 from components.defenses import load_system
 from components.models.fr_model import from_bundle
@@ -43,9 +44,10 @@ def attack_results(context: dg.AssetExecutionContext, settings: PrivfaceSettings
                                 manifest=dataset_splits["manifest"], pairs=dataset_splits["pairs"],
                                 evaluation=evaluation, params=params.get("attacks", {}).get(attack_name, {}),
                                 device=device, workdir=workdir / attack_name,
-                                seed=params["seed"], progress=settings.progress, shared=shared)
+                                seed=params["seed"], progress=settings.progress, shared=shared,
+                                extra={"attack_params": params.get("attacks", {})})
             try:
-                result = attack.run(ctx)
+                result = run_variants(attack, ctx)
             except NotApplicable as why:
                 not_applicable[attack_name] = str(why)
                 continue

@@ -16,6 +16,7 @@ from components.data.views import split_attributes, split_view
 from components.defenses import DefenseContext, get_defense, sweep_systems
 from components.metrics.utility import evaluate_system
 from components.models.fr_model import from_bundle
+from components.attacks.variants import run_variants
 from pipelines.assets.attack_assets import shared_attacker_work
 from pipelines.assets.model_assets import _fingerprint, defense_partitions
 from pipelines.refusals import require_one_dataset
@@ -72,14 +73,15 @@ def defense_sweep(context: dg.AssetExecutionContext, settings: PrivfaceSettings,
                 attack = ATTACKS[attack_name]
                 if attack.applies_to(system):
                     continue
-                attack_params = {**params.get("attacks", {}).get(attack_name, {}),
-                                 **sweep.get("attack_params", {}).get(attack_name, {})}
+                all_attack_params = deep_merge(params.get("attacks", {}), sweep.get("attack_params", {}))
+                attack_params = all_attack_params.get(attack_name, {})
                 actx = AttackContext(defense=name, system=system, images=face_dataset.images, manifest=manifest,
                                      pairs=pairs, evaluation=evaluation, params=attack_params, device=device,
                                      workdir=settings.workdir() / "sweeps" / name / f"{knob}={value}" / attack_name,
-                                     seed=params["seed"], progress=settings.progress, shared=shared)
+                                     seed=params["seed"], progress=settings.progress, shared=shared,
+                                     extra={"attack_params": all_attack_params})
                 try:
-                    result = attack.run(actx)
+                    result = run_variants(attack, actx)
                 except NotApplicable:
                     continue
                 attacks[attack_name], strength[attack_name] = result.measures, result.strength

@@ -84,7 +84,8 @@ def test_result_contract(result, tmp_path):
     m = result.measures
     assert m["chance"] == pytest.approx(1 / K)
     assert m["advantage"] == pytest.approx(max(0.0, (m["top1"] - 1 / K) / (1 - 1 / K)))
-    assert set(result.strength) == {"targets", "steps", "lr", "priors", "restarts", "init", "scale"}
+    assert set(result.strength) == {"targets", "steps", "lr", "priors", "restarts", "init", "scale", "eot",
+                                    "straight_through", "space"}
     assert result.strength["targets"] == K and result.strength["steps"] == CI["steps"]
     assert result.strength["init"] == "noise" and result.strength["restarts"] == 1
     assert set(result.strength["priors"]) == {"tv", "l2", "bn_stats", "jitter", "flip"}

@@ -60,6 +60,13 @@ def test_whole_graph_writes_contract_metrics_tracks_and_registers(pipeline, mlfl
     assert base["scores"]["utility"] == pytest.approx(1.0)
     assert base["threat_model"] == {"protects": [], "in_scope": [], "note": base["threat_model"]["note"]}
     attacks = base["attacks"]
+    # every block names its strongest variant and keeps each variant's figures; on the
+    # baseline only the membership signals differ from the plain attacks
+    assert all(attacks[a]["variant"] in attacks[a]["variants"] for a in attacks)
+    assert set(attacks["membership_inference"]["variants"]) == {"plain", "template", "confidence"}
+    assert set(attacks["template_inversion"]["variants"]) == {"plain"}
+    assert set(attacks["model_inversion"]["variants"]) == {"plain"}
+    attacks = {a: {k: v for k, v in block.items() if k not in ("variant", "variants")} for a, block in attacks.items()}
     for name in ("template_inversion", "representation_recovery"):
         assert set(attacks[name]) == {"ssim", "psnr_db", "sar_type1", "sar_type2", "sar_ceiling", "advantage",
                                       "impostor_pairs"}
