@@ -254,6 +254,17 @@ def _save_grid(images: torch.Tensor, path: Path, ncol: int = 10) -> Path:
     return path
 
 
+def _chunked(fn, labels: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """fn(chunk of labels, chunk index) -> (inversions, scores), over chunks of `batch_size`
+    labels, concatenated (chunk i seeds its own draws, so results do not depend on timing)."""
+    outs, scores = [], []
+    for i, j in enumerate(range(0, labels.shape[0], batch_size)):
+        out, score = fn(labels[j:j + batch_size], i)
+        outs.append(out)
+        scores.append(score)
+    return torch.cat(outs), torch.cat(scores)
+
+
 def invert_representation(system: ProtectedSystem, labels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, *,
                           steps: int, lr: float, scale: float, l2: float, bn: float, seed: int,
                           device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -385,16 +396,12 @@ class ModelInversion:
             inverted, shared_from, decoder_strength = self._in_representation_space(ctx, system, labels, p, device)
         else:
             def compute() -> dict:
-                chunks_x, chunks_s = [], []
-                for i, j in enumerate(range(0, labels.shape[0], bs)):
-                    xi, si = invert(system, labels[j:j + bs], shape, steps=int(p["steps"]), lr=float(p["lr"]),
-                                    scale=float(p["scale"]), tv=float(p["tv"]), l2=float(p["l2"]),
-                                    bn=float(p["bn"]), jitter=int(p["jitter"]), flip=bool(p["flip"]), init=init,
-                                    seed=int(ctx.seed) * 1000 + i, eot=int(p["eot"]),
-                                    straight=bool(p["straight_through"]), device=device)
-                    chunks_x.append(xi)
-                    chunks_s.append(si)
-                return {"inversions": torch.cat(chunks_x), "scores": torch.cat(chunks_s)}
+                x, scores = _chunked(lambda chunk, i: invert(
+                    system, chunk, shape, steps=int(p["steps"]), lr=float(p["lr"]), scale=float(p["scale"]),
+                    tv=float(p["tv"]), l2=float(p["l2"]), bn=float(p["bn"]), jitter=int(p["jitter"]),
+                    flip=bool(p["flip"]), init=init, seed=int(ctx.seed) * 1000 + i, eot=int(p["eot"]),
+                    straight=bool(p["straight_through"]), device=device), labels, bs)
+                return {"inversions": x, "scores": scores}
 
             # the inversions depend on the classifier surface only (logits, BN statistics inside
             # it): computed once for systems that share it (components.attacks.sharing)
@@ -455,14 +462,10 @@ class ModelInversion:
         bs = max(1, int(p["batch_size"]))
 
         def compute() -> dict:
-            chunks_r, chunks_s = [], []
-            for i, j in enumerate(range(0, labels.shape[0], bs)):
-                ri, si = invert_representation(system, labels[j:j + bs], mean, std, steps=int(p["steps"]),
-                                               lr=float(p["lr"]), scale=float(p["scale"]), l2=float(p["l2"]),
-                                               bn=float(p["bn"]), seed=int(ctx.seed) * 1000 + i, device=device)
-                chunks_r.append(ri)
-                chunks_s.append(si)
-            return {"representations": torch.cat(chunks_r), "scores": torch.cat(chunks_s)}
+            r, scores = _chunked(lambda chunk, i: invert_representation(
+                system, chunk, mean, std, steps=int(p["steps"]), lr=float(p["lr"]), scale=float(p["scale"]),
+                l2=float(p["l2"]), bn=float(p["bn"]), seed=int(ctx.seed) * 1000 + i, device=device), labels, bs)
+            return {"representations": r, "scores": scores}
 
         inverted, shared_from = computed_or_shared(ctx, "model_inversion/representations",
                                                    {**p, "labels": labels.tolist()}, system.logits, system,
