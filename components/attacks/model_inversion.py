@@ -327,8 +327,8 @@ class ModelInversion:
 
         p = {**DEFAULTS, **params}
         batch = fingerprint_images(ctx.images, ctx.manifest, n=8)
-        with frozen(ctx.system, ctx.device) as system, torch.no_grad(), torch.random.fork_rng(devices=[]):
-            device = next(iter(system.parameters()), batch).device
+        device = torch.device(ctx.device)
+        with frozen(ctx.system, device) as system, torch.no_grad(), torch.random.fork_rng(devices=[]):
             first = system.protect(batch.to(device)).cpu()
             if p["space"] == "representation":
                 if first.ndim != 4:

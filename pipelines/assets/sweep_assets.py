@@ -53,6 +53,7 @@ def defense_sweep(context: dg.AssetExecutionContext, settings: PrivfaceSettings,
     unknown = [a for a in attack_names if a not in ATTACKS]
     if unknown:
         raise dg.Failure(f"sweeps.{name}.attacks names unknown attacks {unknown}; known: {list(ATTACKS)}")
+    all_attack_params = deep_merge(params.get("attacks", {}), sweep.get("attack_params", {}))
     points = []
     with mlflow_tracking.run(context, "defense_sweep", tags={"defense": name}):
         log_params({"knob": knob, "values": values, "attacks": attack_names,
@@ -73,7 +74,6 @@ def defense_sweep(context: dg.AssetExecutionContext, settings: PrivfaceSettings,
                 attack = ATTACKS[attack_name]
                 if attack.applies_to(system):
                     continue
-                all_attack_params = deep_merge(params.get("attacks", {}), sweep.get("attack_params", {}))
                 attack_params = all_attack_params.get(attack_name, {})
                 actx = AttackContext(defense=name, system=system, images=face_dataset.images, manifest=manifest,
                                      pairs=pairs, evaluation=evaluation, params=attack_params, device=device,
