@@ -114,12 +114,16 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 
 
 class _BNStats:
-    """Forward hooks on BatchNorm2d modules: distance of batch statistics to running ones."""
+    """The DeepInversion BN prior as a context manager: forward hooks on the BatchNorm2d
+    modules (none when `weight` is 0) collect the distance of batch statistics to running
+    ones; `add(loss)` adds `weight` times their sum since the last call; the hooks are
+    removed on exit, so a final scoring pass is not hooked."""
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, weight: float):
+        self.weight = float(weight)
         self.losses: list[torch.Tensor] = []
         self.handles = [m.register_forward_hook(self._hook) for m in module.modules()
-                        if isinstance(m, nn.BatchNorm2d) and m.running_mean is not None]
+                        if self.weight > 0 and isinstance(m, nn.BatchNorm2d) and m.running_mean is not None]
 
     def _hook(self, module, inputs, output):
         x = inputs[0]
@@ -127,14 +131,19 @@ class _BNStats:
         var = x.var(dim=(0, 2, 3), unbiased=False)
         self.losses.append(torch.norm(mean - module.running_mean, 2) + torch.norm(var - module.running_var, 2))
 
-    def pop(self) -> torch.Tensor | None:
-        out = torch.stack(self.losses).sum() if self.losses else None
+    def add(self, loss: torch.Tensor) -> torch.Tensor:
+        if self.losses:
+            loss = loss + self.weight * torch.stack(self.losses).sum()
         self.losses = []
-        return out
+        return loss
 
-    def close(self) -> None:
+    def __enter__(self) -> "_BNStats":
+        return self
+
+    def __exit__(self, *exc) -> bool:
         for h in self.handles:
             h.remove()
+        return False
 
 
 def invert(system: ProtectedSystem, labels: torch.Tensor, shape: tuple[int, int, int], *, steps: int = 100,
@@ -161,39 +170,30 @@ def invert(system: ProtectedSystem, labels: torch.Tensor, shape: tuple[int, int,
     labels = labels.to(device)
     was_training = system.training
     system.eval()
-    hooks = _BNStats(system) if bn > 0 else None
     opt = torch.optim.Adam([x], lr=lr, betas=(0.5, 0.99))
     eot = max(1, int(eot))
     try:
-        for _ in range(int(steps)):
-            xi = x
-            if jitter > 0:
-                dx, dy = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=gen))
-                xi = torch.roll(xi, shifts=(dy, dx), dims=(2, 3))
-            if flip and bool(torch.rand((), generator=gen) < 0.5):
-                xi = torch.flip(xi, dims=[3])
-            with straight_through() if straight else contextlib.nullcontext():
-                cos = system.logits(xi.repeat(eot, 1, 1, 1) if eot > 1 else xi)
-            loss = F.cross_entropy(scale * cos, labels.repeat(eot) if eot > 1 else labels)
-            if hooks is not None:
-                bn_loss = hooks.pop()
-                if bn_loss is not None:
-                    loss = loss + bn * bn_loss
-            loss = loss + tv * total_variation(x) + l2 * x.pow(2).mean()
-            (grad,) = torch.autograd.grad(loss, [x])
-            x.grad = grad
-            opt.step()
-            with torch.no_grad():
-                x.clamp_(-1.0, 1.0)
+        with _BNStats(system, bn) as prior:
+            for _ in range(int(steps)):
+                xi = x
+                if jitter > 0:
+                    dx, dy = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=gen))
+                    xi = torch.roll(xi, shifts=(dy, dx), dims=(2, 3))
+                if flip and bool(torch.rand((), generator=gen) < 0.5):
+                    xi = torch.flip(xi, dims=[3])
+                with straight_through() if straight else contextlib.nullcontext():
+                    cos = system.logits(xi.repeat(eot, 1, 1, 1) if eot > 1 else xi)
+                loss = prior.add(F.cross_entropy(scale * cos, labels.repeat(eot) if eot > 1 else labels))
+                loss = loss + tv * total_variation(x) + l2 * x.pow(2).mean()
+                (grad,) = torch.autograd.grad(loss, [x])
+                x.grad = grad
+                opt.step()
+                with torch.no_grad():
+                    x.clamp_(-1.0, 1.0)
         with torch.no_grad():
-            if hooks is not None:
-                hooks.close()
-                hooks = None
             final = torch.stack([system.logits(x).gather(1, labels.view(-1, 1)).squeeze(1)
                                  for _ in range(eot)]).mean(0)
     finally:
-        if hooks is not None:
-            hooks.close()
         system.train(was_training)
     return x.detach().cpu(), final.detach().cpu()
 
@@ -279,27 +279,16 @@ def invert_representation(system: ProtectedSystem, labels: torch.Tensor, mean: t
     r0 = mean.expand(n, *mean.shape[1:]) + 0.1 * std * torch.randn((n, *mean.shape[1:]), generator=gen).to(device)
     r = r0.clone().requires_grad_(True)
     labels = labels.to(device)
-    hooks = _BNStats(system) if bn > 0 else None
     opt = torch.optim.Adam([r], lr=lr, betas=(0.5, 0.99))
-    try:
+    with _BNStats(system, bn) as prior:
         for _ in range(int(steps)):
-            loss = F.cross_entropy(scale * system.head.cosine(system.embed(r)), labels)
-            if hooks is not None:
-                bn_loss = hooks.pop()
-                if bn_loss is not None:
-                    loss = loss + bn * bn_loss
+            loss = prior.add(F.cross_entropy(scale * system.head.cosine(system.embed(r)), labels))
             loss = loss + l2 * ((r - mean) / std).pow(2).mean()
             (grad,) = torch.autograd.grad(loss, [r])
             r.grad = grad
             opt.step()
-        if hooks is not None:
-            hooks.close()
-            hooks = None
-        with torch.no_grad():
-            final = system.head.cosine(system.embed(r)).gather(1, labels.view(-1, 1)).squeeze(1)
-    finally:
-        if hooks is not None:
-            hooks.close()
+    with torch.no_grad():
+        final = system.head.cosine(system.embed(r)).gather(1, labels.view(-1, 1)).squeeze(1)
     return r.detach().cpu(), final.detach().cpu()
 
 
