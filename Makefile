@@ -8,6 +8,7 @@ BIN := $(VENV)/bin
 # CPU machines get the CPU build 2.13.0; with an NVIDIA driver present, pip picks the CUDA build.
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 PROFILE ?= demo
+SEEDS ?= 3
 HOST ?= 127.0.0.1
 DAGSTER_HOME ?= $(CURDIR)/dagster_home
 export DAGSTER_DISABLE_TELEMETRY := yes
@@ -19,10 +20,11 @@ export PYTHONUNBUFFERED := 1
 
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo run test test-unit bench ui mlflow-ui dvc-status clean help
+.PHONY: install demo study run test test-unit bench ui mlflow-ui dvc-status clean help
 
 help:
 	@echo "make demo       whole pipeline on the synthetic dataset (demo profile), prints the table"
+	@echo "make study      the demo profile with SEEDS=3 seeds: mean and spread per defense"
 	@echo "make test       the test suite (unit + integration on real Dagster/MLflow/DVC)"
 	@echo "make bench      benchmarks -> reports/bench.json"
 	@echo "make ui         Dagster UI (webserver + daemon) on http://$(HOST):3000"
@@ -44,6 +46,10 @@ demo: install
 	@# caches data/ only if it matches data.dvc (a changed dataset is refused, never recorded)
 	@$(BIN)/dvc commit -q data.dvc </dev/null || echo "data/ differs from the committed data.dvc"
 	@$(BIN)/dvc status data.dvc
+
+study: install
+	$(BIN)/privface generate --profile $(PROFILE)
+	$(BIN)/privface study --profile $(PROFILE) --seeds $(SEEDS)
 
 run: install
 	$(BIN)/privface run --profile $(PROFILE) $(if $(DATA_DIR),--data-dir $(DATA_DIR)) $(if $(DEFENSES),--defenses $(DEFENSES))

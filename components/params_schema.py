@@ -95,6 +95,7 @@ def schema() -> type[BaseModel]:
         pairs: create_model("Pairs", __config__=STRICT, folds=(int, Field(ge=2)), pairs_per_fold=(int, Field(ge=1)),
                             seed=(int, ...))
         min_identities: int = Field(ge=2)
+        holdout_per_identity: int = Field(ge=0)
         attribute_values: dict[str, list[str]] | None = None
 
         @field_validator("splits")
@@ -139,13 +140,16 @@ def schema() -> type[BaseModel]:
     class ModelChecks(Strict):
         min_embedding_std: float = Field(ge=0)
 
+    class Intervals(Strict):
+        replicates: int = Field(ge=2)
+
     return create_model(
         "Params", __base__=Strict,
         profile=(str, ...), seed=(int, ...), device=(Literal["auto", "cpu", "cuda"], ...), threads=(int, Field(ge=0)),
         workdir=(str, ...), reports_dir=(str, ...), log_face_images=(bool, ...),
         defenses=(list[Literal[tuple(DEFENSES)]], ...), data=(Data, ...), baseline=(FRBlock, ...),
-        evaluation=(FRBlock, ...), attacks=(Attacks, ...), sweeps=(Sweeps, None), model_checks=(ModelChecks, ...),
-        gates=(Gates, ...), mlflow=(MLflow, ...), **{n: (m, None) for n, m in defense_models.items()})
+        evaluation=(FRBlock, ...), attacks=(Attacks, ...), sweeps=(Sweeps, None),
+        model_checks=(ModelChecks, ...), intervals=(Intervals, ...), gates=(Gates, ...), mlflow=(MLflow, ...), **{n: (m, None) for n, m in defense_models.items()})
 
 
 @dataclasses.dataclass(frozen=True)

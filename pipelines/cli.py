@@ -1,7 +1,8 @@
 """The `privface` command: the pipeline without the UI, through real Dagster runs on a
 persistent instance (DAGSTER_HOME, default ./dagster_home), so the UI shows them too.
 
-  privface run --profile demo [--data-dir DIR] [--defenses a,b] [--device auto] [--params FILE]
+  privface run --profile demo [--data-dir DIR] [--defenses a,b] [--device auto] [--params FILE] [--seed K]
+  privface study --seeds 3 --profile demo   # `run` per seed, then mean and spread per defense
   privface generate --profile demo     # write the synthetic dataset if it is missing
 
 `run` checks what it can before any work (profile, params file, defense names, the data
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -66,14 +68,24 @@ def _print_table(metrics: dict) -> None:
                         f"({metrics['dataset']['identities']} identities, {metrics['dataset']['images']} images)")
     rows = summary_rows(metrics)
     cols = list(rows[0]) if rows else []
-    for c in cols:
+    figures = [c for c in cols if not c.endswith("95% CI")]
+    intervals = ["defense"] + [c for c in cols if c.endswith("95% CI")]
+    cell = lambda v: "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
+    for c in figures:
         table.add_column(c, justify="left" if c == "defense" else "right")
     for row in rows:
-        table.add_row(*["n/a" if row[c] is None else (f"{row[c]:.3f}" if isinstance(row[c], float) else str(row[c]))
-                        for c in cols])
-    Console(width=180).print(table)
+        table.add_row(*[cell(row[c]) for c in figures])
+    console = Console(width=180)
+    console.print(table)
     print("TI: template inversion, RR: representation recovery, MI: model inversion, MIA: membership "
           "inference, attr gain: attribute probe balanced accuracy above chance; n/a: not run")
+    if len(intervals) > 1 and any(row[c] for row in rows for c in intervals[1:]):
+        spread = Table(title="95% intervals of the scores (bootstrap over identities)")
+        for c in intervals:
+            spread.add_column(c, justify="left" if c == "defense" else "right")
+        for row in rows:
+            spread.add_row(*[cell(row[c]) for c in intervals])
+        console.print(spread)
 
 
 def _gate_refusal(result) -> str:
@@ -89,9 +101,20 @@ def _gate_refusal(result) -> str:
 def _settings(args):
     from pipelines.resources import PrivfaceSettings
 
-    return PrivfaceSettings(profile=args.profile, data_dir=args.data_dir or "", defenses=args.defenses or "",
-                            workdir_override=args.workdir or "", reports_override=args.reports_dir or "",
-                            **({"params_path": str(Path(args.params).resolve())} if args.params else {}))
+    kwargs = dict(profile=args.profile, data_dir=args.data_dir or "", defenses=args.defenses or "",
+                  workdir_override=args.workdir or "", reports_override=args.reports_dir or "",
+                  **({"params_path": str(Path(args.params).resolve())} if args.params else {}))
+    settings = PrivfaceSettings(**kwargs)
+    overrides = _seed_overrides(args, settings)
+    return PrivfaceSettings(**kwargs, overrides=overrides) if overrides else settings
+
+
+def _seed_overrides(args, settings) -> str:
+    """The params overrides (JSON) of `--seed K` (components.reporting.study); "" for seed 0."""
+    from components.reporting.study import seed_overrides
+
+    overrides = seed_overrides(int(getattr(args, "seed", 0) or 0), settings.params())
+    return json.dumps(overrides) if overrides else ""
 
 
 def _dataset_notes(result) -> list[str]:
@@ -132,7 +155,8 @@ def run_stages(args) -> int:
     defs = build_definitions(profile=args.profile, data_dir=args.data_dir or "", defenses=args.defenses or "",
                              device=args.device, workdir=args.workdir or "", reports_dir=args.reports_dir or "",
                              mlflow_uri=os.environ.get("MLFLOW_TRACKING_URI", ""),   # e.g. a shared server
-                             params_path=str(Path(args.params).resolve()) if args.params else "")
+                             params_path=str(Path(args.params).resolve()) if args.params else "",
+                             overrides=_settings(args).overrides)
     settings = defs.resources["settings"]
     defenses = list(settings.params()["defenses"])
     if "baseline" not in defenses:
@@ -205,6 +229,47 @@ def cmd_run(args) -> int:
     return supervise(args, settings)
 
 
+def cmd_study(args) -> int:
+    """`privface run` once per seed (each its own supervised run, workdir and reports), then
+    mean and spread per defense over the seeds (components.reporting.study)."""
+    from components.reporting.study import study_rows, study_table
+
+    if args.seeds < 2:
+        print(block("a study needs at least 2 seeds", [("got", str(args.seeds))]), file=sys.stderr)
+        return 2
+    base = _settings(argparse.Namespace(**{**vars(args), "seed": 0}))
+    workdir, reports = base.workdir(), base.reports_dir() / "study"
+    runs, times = [], []
+    for k in range(args.seeds):
+        command = ["run", "--profile", args.profile, "--seed", str(k), "--device", args.device,
+                   "--workdir", str(workdir if k == 0 else Path(f"{workdir}-seed{k}")),
+                   "--reports-dir", str(reports / f"seed{k}")]
+        for flag, value in (("--data-dir", args.data_dir), ("--defenses", args.defenses), ("--params", args.params)):
+            if value:
+                command += [flag, value]
+        print(f"privface: study seed {k + 1}/{args.seeds}: privface {' '.join(command)}", file=sys.stderr, flush=True)
+        started = time.time()
+        code = subprocess.call([sys.executable, "-m", "pipelines.cli", *command])
+        if code != 0:
+            print(f"privface: the study stopped at seed {k} (exit {code}); the seeds before it are kept under "
+                  f"{reports}", file=sys.stderr)
+            return code
+        times.append(round((time.time() - started) / 60, 2))
+        runs.append(json.loads((reports / f"seed{k}" / "metrics.json").read_text()))
+    rows = study_rows(runs)
+    table = study_table(rows)
+    from components.reporting.metrics_file import write_json
+
+    write_json({"profile": args.profile, "seeds": args.seeds, "minutes_per_seed": times, "rows": rows},
+               reports / "study.json")
+    (reports / "study.md").write_text(f"# privface study: profile {args.profile}, {args.seeds} seeds\n\n"
+                                      f"mean ± sd over the seeds\n\n{table}\n")
+    print(table)
+    print(f"study:        {reports / 'study.json'} (per seed: {reports}/seed<k>/)")
+    print(f"elapsed:      {sum(times):.1f} min ({', '.join(f'{t:.1f}' for t in times)} per seed)")
+    return 0
+
+
 def cmd_generate(args) -> int:
     from components.config import ParamsError, load_params, resolve_path
     from components.data.synthetic import SyntheticConfig, write_dataset
@@ -240,7 +305,19 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--verbose", action="store_true", help="Dagster's event log on the console too")
     run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                      help="level of Dagster's console log (implies --verbose)")
+    run.add_argument("--seed", type=int, default=0,
+                     help="train and attack with another seed (0: the profile as it is; see `privface study`)")
     run.set_defaults(func=cmd_run)
+    study = sub.add_parser("study", help="`run` with N seeds, then mean and spread per defense")
+    study.add_argument("--seeds", type=int, default=3, help="how many seeds (0 .. N-1; seed 0 is the profile's)")
+    study.add_argument("--profile", default="demo", help="a profile of params.yaml (ci, demo, paper)")
+    study.add_argument("--data-dir", help="a folder of identity sub-folders (default: the profile's dataset)")
+    study.add_argument("--defenses", help="comma list of defenses (default: the profile's run list)")
+    study.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    study.add_argument("--workdir", help="seed 0's workdir (seed k: <workdir>-seed<k>)")
+    study.add_argument("--reports-dir", help="the study goes to <reports-dir>/study (default: reports/)")
+    study.add_argument("--params", help="the params file (default: the project's params.yaml)")
+    study.set_defaults(func=cmd_study)
     gen = sub.add_parser("generate", help="write the synthetic dataset of a profile if it is missing")
     gen.add_argument("--profile", default="demo")
     gen.add_argument("--params", help="the params file (default: the project's params.yaml)")

@@ -64,6 +64,14 @@ class PrivfaceSettings(dg.ConfigurableResource):
             return dataset_key(Path(self.data_dir).expanduser().resolve())
         return _safe(self.params()["data"]["name"])
 
+    def bootstrap(self, manifest):
+        """The run's bootstrap over identities (components.metrics.intervals): one table over
+        every identity of the dataset, seeded by `seed`, shared by every figure."""
+        from components.metrics.intervals import IdentityBootstrap
+
+        p = self.params()
+        return IdentityBootstrap(manifest["identity"].to_numpy(), p["intervals"]["replicates"], p["seed"])
+
     def registered_model(self, defense: str) -> str:
         """The registry name of a defense's models on this dataset at this image size (the
         canonical images differ with it): a champion is only ever compared with versions

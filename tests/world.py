@@ -1,6 +1,7 @@
 """A small, real world for attack and defense tests: synthetic faces (60 identities x 8 images at
-32 px, with sex/skin attributes), identity-disjoint splits, clean test pairs, a trained
-baseline system and an independent evaluation model. Built once per test session."""
+32 px, with sex/skin attributes), identity-disjoint splits (2 held-out photos of each train
+identity), clean test pairs, a trained baseline system and an independent evaluation model.
+Built once per test session."""
 
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ def world(tmp_path_factory) -> World:
     root = tmp_path_factory.mktemp("attack-world") / "faces"
     write_dataset(root, SyntheticConfig(identities=60, images_per_identity=8, size=32, seed=11), progress=False)
     ds = load_image_folder(root, size=32, progress=False)
-    manifest = assign_splits(ds.manifest, {"train": 0.5, "test": 0.25, "public": 0.25}, seed=0)
+    manifest = assign_splits(ds.manifest, {"train": 0.5, "test": 0.25, "public": 0.25}, seed=0,
+                             holdout_per_identity=2)   # 2 photos of each train identity no model trains on
     pairs = make_pairs(manifest, split="test", n_folds=10, pairs_per_fold=40, seed=0)
     torch.set_num_threads(2)
     baseline = _train(ds.images, manifest, {"name": "resnet_small", "embedding_dim": 64, "widths": [16, 32, 64, 64]},

@@ -17,39 +17,40 @@ lower bound on the information the templates carry about S.
 Variant built here. Features: the stored template ``system(x)`` of every image,
 flip-averaged and L2-normalised (the verification protocol), standardised. Probe: a
 scikit-learn ``MLPClassifier`` (one hidden ReLU layer by default, Adam, L2 penalty
-``alpha``, fixed seed) per attribute column. Splits: identity-disjoint cross-fitting over
-ALL identities of the manifest (every split), ``StratifiedGroupKFold`` with the identity
-as group and the attribute as stratum, so every image is predicted by a probe that never
-saw any image of that person; the out-of-fold predictions of all folds are pooled and
-scored once. This uses every labelled identity for training (the attacker of the threat
-model below holds attributes of public identities only; pooling all identities gives the
-probe 4-5x more people per class at the same identity-disjointness, i.e. a stronger,
-lower-variance estimate of what the templates carry -- the auditor's worst case rather
-than one attacker's luck). Calibration: an overconfident probe has a held-out
+``alpha``, fixed seed) per attribute column. Data (``fit_on: public``, the default): the
+probe learns from the PUBLIC identities only -- the attacker's own labelled people -- and
+is scored on the TEST identities, people that no model and no defense's adversary ever
+trained on (dvpf fits its adversaries on train and public identities; scoring those would
+measure its adversaries' own training set). ``fit_on: cross_fit`` instead cross-fits over
+all identities (``StratifiedGroupKFold``, identity as group, attribute as stratum): more
+people per class, but the probe then learns from private identities, and the scored ones
+include those a defense saw. Calibration: an overconfident probe has a held-out
 cross-entropy above H(S) even when it predicts well, which would hide real leakage, so
 by default each fold also fits a softmax temperature on an inner identity-disjoint
 validation split of its own training identities and applies it to its held-out
 predictions (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017).
 
 Measures per attribute column (columns not declared by the manifest schema,
-``components.data.schema.attribute_columns``): ``balanced_accuracy`` of the pooled
-out-of-fold predictions; ``chance``, the balanced accuracy of the majority-class predictor
+``components.data.schema.attribute_columns``): ``balanced_accuracy`` of the predictions
+on the scored identities; ``chance``, the balanced accuracy of the majority-class predictor
 (= 1/K for the K values present); ``leakage_bits`` = max(0, H(S) - CE) / ln 2, with H(S)
-the entropy of the attribute's empirical distribution over the held-out (= all evaluated)
-images and CE the probe's mean held-out cross-entropy, both in nats. Attributes with a
-single value, or with fewer than two identities per value, cannot be probed and are left
-out (listed in the strength under ``skipped``); with no attribute column at all the attack
-raises NotApplicable.
+the entropy of the attribute's empirical distribution over the scored images and CE the
+probe's mean cross-entropy on them, both in nats. Attributes that cannot be probed (a
+single value among the scored identities, a value with fewer than two identities to learn
+from) are left out (listed in the strength under ``skipped``); with no attribute column at
+all the attack raises NotApplicable.
 
 Threat model: the attacker (a curious server, or a thief of the template database) reads
 stored templates and has a labelled set of templates from the same system -- faces of
-people whose attributes it knows, enrolled through the system like anyone else. It needs
-no images of the victims and no model weights.
+public people whose attributes it knows, enrolled through the system like anyone else. It
+needs no images of the victims and no model weights. ``ci95``: bootstrap over the scored
+identities, the fitted probe held fixed.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 import math
 import os
 import warnings
@@ -87,6 +88,11 @@ class AttributeInferenceConfig:
     flip: bool = True   # flip-average templates
     batch_size: int = 256
     n_jobs: int = 0   # worker processes for the folds (0 = one per CPU core); same result
+    fit_on: Literal["public", "cross_fit"] = "public"   # public: learn from public identities only
+
+
+FIT_ON = ("public", "cross_fit")
+PUBLIC_SPLIT, SCORED_SPLIT = "public", "test"
 
 
 DEFAULTS: dict = asdict(AttributeInferenceConfig())   # the plain dict the attack merges its params over
@@ -178,36 +184,67 @@ def _fold(z: np.ndarray, y: np.ndarray, groups: np.ndarray, tr: np.ndarray, te: 
         return _softmax(_log_proba(clf, z[te], k) / t), t, len(np.unique(groups[tr]))
 
 
-def probe_attribute(z: np.ndarray, labels, groups: np.ndarray, p: dict, seed: int = 0) -> tuple[dict, dict]:
-    """Identity-disjoint cross-fitted probe of one attribute. Returns (measures, details).
+def probe_attribute(z: np.ndarray, labels, groups: np.ndarray, p: dict, seed: int = 0,
+                    train: np.ndarray | None = None) -> tuple[dict, dict]:
+    """Probe of one attribute. Returns (measures, details).
 
     z: (N, D) templates; labels: (N,) attribute values; groups: (N,) identity of each row.
-    The folds are independent seeded fits: with `n_jobs` > 1 they run in that many worker
-    processes (joblib), with the same result as one after the other."""
+    With `train` (a boolean mask), one probe learns from those rows and is scored on the
+    others; without, identity-disjoint cross-fitting scores every row by a probe that never
+    saw its identity. The folds are independent seeded fits: with `n_jobs` > 1 they run in
+    that many worker processes (joblib), with the same result as one after the other.
+    details["rows"] are the scored rows, details["y"] / ["pred"] their labels and predictions."""
     p = {**DEFAULTS, **p}
     classes, y = np.unique(np.asarray(labels), return_inverse=True)
     k = len(classes)
     id_class = pd.Series(y).groupby(np.asarray(groups)).first()
     groups_per_class = np.bincount(id_class.to_numpy(), minlength=k)
-    folds = _n_folds(groups_per_class, int(p["folds"]))
-    outer = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        splits = list(outer.split(z, y, groups))
+    if train is not None:
+        train = np.asarray(train, dtype=bool)
+        splits = [(np.flatnonzero(train), np.flatnonzero(~train))]
+    else:
+        outer = StratifiedGroupKFold(n_splits=_n_folds(groups_per_class, int(p["folds"])), shuffle=True,
+                                     random_state=seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            splits = list(outer.split(z, y, groups))
     n_jobs = int(p["n_jobs"]) or (os.cpu_count() or 1)
-    n_jobs = max(1, min(n_jobs, folds))
+    n_jobs = max(1, min(n_jobs, len(splits)))
     results = Parallel(n_jobs=n_jobs)(delayed(_fold)(z, y, groups, tr, te, k, p, seed, i)
                                       for i, (tr, te) in enumerate(splits))
     proba = np.zeros((len(y), k))
     for (_, te), (fold_proba, _, _) in zip(splits, results):
         proba[te] = fold_proba
+    rows = np.sort(np.concatenate([te for _, te in splits]))
     temps = [t for _, t, _ in results]
     n_train = [n for _, _, n in results]
-    measures = leakage_measures(y, proba)
-    details = {"folds": folds, "train_identities_per_fold": float(np.mean(n_train)),
+    measures = leakage_measures(y[rows], proba[rows])
+    details = {"folds": len(splits), "train_identities_per_fold": float(np.mean(n_train)),
+               "rows": rows, "y": y[rows], "pred": proba[rows].argmax(axis=1),   # for the bootstrap
                "temperatures": [round(v, 4) for v in temps], "classes": [str(c) for c in classes],
                "identities_per_class": {str(c): int(n) for c, n in zip(classes, groups_per_class)}}
     return measures, details
+
+
+def _why_not_probeable(part: pd.DataFrame, column: str, train: np.ndarray | None) -> str | None:
+    """Why an attribute column cannot be probed (None: it can): cross-fitted, each value
+    needs two identities; fitted on public identities, the scored identities need two
+    values and each of their values two public identities to learn from."""
+    if train is None:
+        counts = part.groupby("identity")[column].first().value_counts()
+        if len(counts) < 2:
+            return "a single value"
+        if counts.min() < 2:
+            return f"value {counts.idxmin()!r} has fewer than two identities"
+        return None
+    learn = part[train].groupby("identity")[column].first().value_counts()
+    scored = part[~train].groupby("identity")[column].first().value_counts()
+    if len(scored) < 2:
+        return "a single value among the scored (test) identities"
+    thin = [v for v in scored.index if learn.get(v, 0) < 2]
+    if thin:
+        return f"value {thin[0]!r} has fewer than two public identities to learn from"
+    return None
 
 
 class AttributeInference:
@@ -226,7 +263,14 @@ class AttributeInference:
         attrs = attribute_columns(m)
         if not attrs:
             raise NotApplicable("no sensitive attribute columns in the dataset")
+        if p["fit_on"] not in FIT_ON:
+            raise ValueError(f"attribute_inference: fit_on must be one of {FIT_ON}, got {p['fit_on']!r}")
+        public = p["fit_on"] == "public"
         part = m.sort_values("index")
+        if public:   # learn from the attacker's own people, score people no model or adversary saw
+            if "split" not in m.columns:
+                raise NotApplicable("the manifest has no split column: public and scored identities are undefined")
+            part = part[part["split"].isin([PUBLIC_SPLIT, SCORED_SPLIT])]
         cap = int(p["max_images_per_identity"])
         if cap > 0:   # a seeded subset of each identity's images
             rng = np.random.default_rng(ctx.seed)
@@ -234,15 +278,13 @@ class AttributeInference:
                     for idx in part.groupby("identity", sort=True)["index"].agg(np.asarray)]
             part = part[part["index"].isin(np.concatenate(keep))]
         groups = part["identity"].to_numpy()
+        train = (part["split"] == PUBLIC_SPLIT).to_numpy() if public else None
 
         probeable, skipped = [], {}
         for a in attrs:
-            per_id = part.groupby("identity")[a].first()
-            counts = per_id.value_counts()
-            if len(counts) < 2:
-                skipped[a] = "a single value"
-            elif counts.min() < 2:
-                skipped[a] = f"value {counts.idxmin()!r} has fewer than two identities"
+            reason = _why_not_probeable(part, a, train)
+            if reason:
+                skipped[a] = reason
             else:
                 probeable.append(a)
         if not probeable:
@@ -257,17 +299,33 @@ class AttributeInference:
 
         measures, details = {}, {}
         for a in probeable:
-            measures[a], details[a] = probe_attribute(z, part[a].astype(str).to_numpy(), groups, p, seed=ctx.seed)
+            measures[a], details[a] = probe_attribute(z, part[a].astype(str).to_numpy(), groups, p, seed=ctx.seed,
+                                                      train=train)
         measures["advantage"] = max(measures[a]["advantage"] for a in probeable)   # the most leaked attribute
+        replicates = {}
+        if ctx.bootstrap is not None:   # scored rows weighted by their identity; the probe stays as fitted
+            for a in probeable:
+                d, chance = details[a], measures[a]["chance"]
+                with warnings.catch_warnings():   # a replicate may weigh a class to 0
+                    warnings.simplefilter("ignore", UserWarning)
+                    bacc = ctx.bootstrap.statistic(
+                        lambda w, y=d["y"], pred=d["pred"]: balanced_accuracy_score(y, pred, sample_weight=w),
+                        groups[d["rows"]])
+                replicates[f"{a}.balanced_accuracy"] = bacc
+                replicates[f"{a}.advantage"] = np.clip((bacc - chance) / (1.0 - chance), 0.0, 1.0)
+            replicates["advantage"] = np.max([replicates[f"{a}.advantage"] for a in probeable], axis=0)
+        scored = groups if train is None else groups[~train]
         hidden = "-".join(str(int(h)) for h in p["hidden"])
         strength = {
             "probe": f"MLP({hidden})",
             "features": "stored templates, flip-averaged, L2-normalised, standardised",
-            "split": "identity-disjoint StratifiedGroupKFold over all identities, out-of-fold predictions pooled",
+            "split": ("fitted on the public identities, scored on the test identities (seen by no model and no "
+                      "defense's adversary)" if public else
+                      "identity-disjoint StratifiedGroupKFold over all identities, out-of-fold predictions pooled"),
             "identities": int(len(np.unique(groups))),
             "images": int(len(groups)),
             "train_identities": {a: details[a]["train_identities_per_fold"] for a in probeable},
-            "test_identities": int(len(np.unique(groups))),   # each held out once, by a probe that never saw it
+            "test_identities": int(len(np.unique(scored))),   # each scored by a probe that never saw it
             "folds": {a: details[a]["folds"] for a in probeable},
             "max_iter": int(p["max_iter"]),
             "alpha": float(p["alpha"]),
@@ -278,7 +336,7 @@ class AttributeInference:
             "skipped": skipped,
             "seed": int(ctx.seed),
         }
-        return AttackResult(measures=measures, strength=strength, artifacts={})
+        return AttackResult(measures=measures, strength=strength, artifacts={}, replicates=replicates)
 
 
 ATTACK = AttributeInference()

@@ -38,6 +38,7 @@ class AttackContext:
     progress: bool = True
     extra: dict = field(default_factory=dict)
     shared: object | None = None  # components.attacks.sharing.SharedWork: attacker work shared between systems
+    bootstrap: object | None = None   # components.metrics.intervals.IdentityBootstrap: intervals when given
 
 
 @dataclass
@@ -45,6 +46,9 @@ class AttackResult:
     measures: dict                # the metrics.json block of this attack
     strength: dict                # attacker data size, epochs, lr, architecture
     artifacts: dict[str, Path] = field(default_factory=dict)
+    # bootstrap replicates of measures ({"advantage": (B,), "skin.advantage": (B,), ...}): the
+    # attack's `ci95` and the scores' intervals are read from them (components.metrics.intervals)
+    replicates: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Attack(Protocol):

@@ -32,8 +32,8 @@ from components.attacks.base import NotApplicable
 from components.config import config_from  # noqa: F401  (re-exported: attacks read their params with it)
 from components.metrics.advantage import ratio_to_ceiling
 from components.metrics.embeddings import to_model_tensor
-from components.metrics.reconstruction import (_as_float_images, accept_rate, evaluation_features, judge_threshold,
-                                               ssim_psnr)
+from components.metrics.reconstruction import (_as_float_images, accept_rate, accepted, evaluation_features,
+                                               judge_threshold, ssim_psnr_each)
 
 __all__ = [
     "sar_threshold",
@@ -140,8 +140,10 @@ def public_set(images: np.ndarray, manifest: pd.DataFrame, holdout: float = 0.1,
     return to_model_tensor(images[train]), to_model_tensor(images[hold]) if n_hold else torch.empty(0)
 
 
-def reconstruction_measures(evaluation, recons: torch.Tensor, targets: Targets, far: float = 1e-3) -> tuple[dict, float]:
-    """(the metrics.json block of a reconstruction attack, the SAR threshold used).
+def reconstruction_measures(evaluation, recons: torch.Tensor, targets: Targets, far: float = 1e-3,
+                            bootstrap=None) -> tuple[dict, float, dict]:
+    """(the metrics.json block of a reconstruction attack, the SAR threshold used, the
+    bootstrap replicates of ssim, sar_type2 and advantage when `bootstrap` is given).
 
     ssim is clipped to [0, 1] (a negative mean SSIM carries no more of the face than 0);
     psnr_db; sar_type1 / sar_type2 as in `sar`, at the judge's threshold over every
@@ -153,17 +155,26 @@ def reconstruction_measures(evaluation, recons: torch.Tensor, targets: Targets, 
     has = np.flatnonzero(targets.partner >= 0)
     if len(has) == 0:   # cannot happen with the data contract (>= 2 images per identity)
         raise NotApplicable("no target identity has a second image: SAR type 2 is undefined")
-    s, p = ssim_psnr(recons, targets.images)
+    s_each, p_each = ssim_psnr_each(recons, targets.images)
     fs = evaluation_features(evaluation, targets.images)
     threshold, impostors = judge_threshold(fs, targets.identities, far)
     fr = evaluation_features(evaluation, recons)
     s1 = accept_rate(fr, fs, threshold)
-    s2 = accept_rate(fr[has], fs[targets.partner[has]], threshold)
-    ceiling = accept_rate(fs[has], fs[targets.partner[has]], threshold)
-    measures = {"ssim": float(min(1.0, max(0.0, s))), "psnr_db": float(p),
-                "sar_type1": float(s1), "sar_type2": float(s2), "sar_ceiling": float(ceiling),
+    hit2 = accepted(fr[has], fs[targets.partner[has]], threshold)
+    ceil = accepted(fs[has], fs[targets.partner[has]], threshold)
+    s2, ceiling = float(hit2.mean()), float(ceil.mean())
+    measures = {"ssim": float(min(1.0, max(0.0, s_each.mean()))), "psnr_db": float(p_each.mean()),
+                "sar_type1": float(s1), "sar_type2": s2, "sar_ceiling": ceiling,
                 "advantage": ratio_to_ceiling(s2, ceiling), "impostor_pairs": int(impostors)}
-    return measures, threshold
+    replicates = {}
+    if bootstrap is not None:
+        ids = targets.identities
+        r2, rc = bootstrap.mean(hit2, ids[has]), bootstrap.mean(ceil, ids[has])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            adv = np.where(rc > 0, np.clip(r2 / np.where(rc > 0, rc, 1.0), 0.0, 1.0), 0.0)
+        replicates = {"ssim": np.clip(bootstrap.mean(s_each, ids), 0.0, 1.0), "sar_type2": r2,
+                      "advantage": np.where(np.isfinite(rc), adv, np.nan)}
+    return measures, threshold, replicates
 
 
 class frozen:
@@ -304,13 +315,14 @@ def effective_batch(cfg, n: int) -> int:
 
 
 def reconstruction_result(ctx, cfg, name: str, data: ReconstructionData, recons: torch.Tensor,
-                          grid_recons: torch.Tensor | None) -> tuple[dict, float, dict]:
-    """(measures, SAR threshold, artifacts) of a reconstruction attack; the grid shows
-    held-out public images only."""
-    measures, threshold = reconstruction_measures(ctx.evaluation, recons, data.targets, far=cfg.far)
+                          grid_recons: torch.Tensor | None) -> tuple[dict, float, dict, dict]:
+    """(measures, SAR threshold, artifacts, bootstrap replicates) of a reconstruction attack;
+    the grid shows held-out public images only."""
+    measures, threshold, replicates = reconstruction_measures(ctx.evaluation, recons, data.targets, far=cfg.far,
+                                                              bootstrap=ctx.bootstrap)
     workdir = Path(ctx.workdir) if ctx.workdir is not None else Path(tempfile.mkdtemp(prefix=f"privface-{name}-"))
     artifacts = {}
     if grid_recons is not None:
         artifacts["grid"] = reconstruction_grid(data.hold_x, grid_recons, workdir / f"{name}_grid.png",
                                                 n=cfg.grid_n, splits=["public"] * len(data.hold_x))
-    return measures, threshold, artifacts
+    return measures, threshold, artifacts, replicates

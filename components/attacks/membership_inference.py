@@ -1,70 +1,53 @@
-"""Identity-level membership inference: was this person in the FR model's training set?
-(DESIGN.md section 7, metrics.json block ``membership_inference``.)
+"""Membership inference at two levels: is this person in the FR model's training set
+(identity level), and was this photo of a known member trained on (image level)?
+(docs/design.md, metrics.json block ``membership_inference``.)
 
-The idea. Membership inference (Shokri et al., "Membership Inference Attacks against
-Machine Learning Models", S&P 2017; Yeom et al., "Privacy Risk in Machine Learning", CSF
-2018) exploits that a model behaves differently on the data it was trained on. For face
-recognition the unit of privacy is the *person*, not the picture: a face model is trained
-to pull every image of a training identity onto one class centre, so the identity's
-images -- including images the model never saw -- land closer to each other and closer to
-a class centre than those of a stranger. Identity-level (user-level) inference asks about
-all of a person's images at once (Song and Shmatikov, "Auditing Data Provenance in
-Text-Generation Models", KDD 2019, user-level inference; Chen et al., "FACE-AUDITOR:
-Data Auditing in Facial Recognition Systems", USENIX Security 2023, identity-level
-auditing of few-shot FR models from the similarity of a person's embeddings).
+| paper | here |
+|---|---|
+| Shokri et al. 2017, Yeom et al. 2018: models differ on their data | the system's outputs only |
+| identity level (Song and Shmatikov 2019; FACE-AUDITOR 2023) | members asked with held-out photos |
+| LiRA offline (Carlini et al. 2022): reference models without x | references on public identities only |
 
-Variant built here (score-based, no shadow model), one score per candidate identity from
-the attacked system's outputs only:
+The image level's calibration is a difference of z-scores: two reference models give no
+per-photo variance to divide by.
 
+Identity level, one score per candidate identity:
 * ``template`` (any system): how tightly the identity's stored templates cluster, the mean
-  pairwise cosine of its L2-normalised, flip-averaged templates ``system(x)`` (off the
-  diagonal). Memorised identities cluster tighter.
-* ``confidence`` (systems with a classifier head, ``system.logits``): the mean over the
-  identity's images of the largest class cosine the head gives (flip-averaged); a member's
-  images sit next to "their" class centre, a stranger's next to nobody's.
-* ``combined``: the mean of the available signals after each is standardised by the mean
-  and standard deviation of the PUBLIC identities' scores.
+  pairwise cosine of its L2-normalised, flip-averaged templates. Members cluster tighter.
+* ``confidence`` (systems with a classifier head): the mean over the photos of the largest
+  class cosine; a member's photos sit next to "their" class centre, a stranger's next to
+  nobody's.
+* ``combined``: the mean of the available signals after each is standardised by the
+  PUBLIC identities' scores (people the attacker knows to be non-members). ``score: auto``
+  is ``combined`` with a head and ``template`` without, decided before any scoring: picking
+  the best signal by its AUC on the targets would be an oracle choice.
 
-Calibration. Public identities are people the attacker knows to be non-members (its own
-data). Every signal is turned into a z-score against that non-member population, which
-puts signals of different scale on one axis without ever seeing a member, and the
-attacker's operating threshold is the (1 - target_fpr) quantile of the public scores.
-No member labels are used to choose or combine scores: ``score: auto`` is ``combined``
-when the system exposes a head and ``template`` otherwise, decided before any scoring.
-(Picking the best signal by its AUC on the targets would be an oracle choice, biased
-upwards -- by about one standard error at these identity counts -- even on a model that
-never saw anyone; the per-signal AUCs are logged in the strength for diagnosis only.)
+Image level, one score per photo of the train identities that have held-out photos
+(training photos are members, held-out photos non-members): the photo's ``template``
+typicality (cosine to the mean template of the person's other photos) and, with a head,
+its own-class cosine, each z-scored and calibrated by the photo's typicality under the
+reference models, so that a photo that is easy for every model is not taken for a member.
 
-Measures (members = train-split identities, label 1; non-members = test-split identities,
-label 0; scikit-learn ``roc_auc_score``, TPR at FPR as in components.metrics.operating_point):
+Measures (scikit-learn ``roc_auc_score``; TPR at FPR in components.metrics.operating_point's
+convention): ``auc``; ``advantage`` = max(0, 2 AUC - 1) (components.metrics.advantage);
+``n_members`` / ``n_non_members``; ``tpr_at_fpr_1e-2`` and ``tpr_at_fpr_1e-3`` only where at
+least 100 and 1,000 non-members stand behind them (with fewer, the rate would be a TPR at
+FPR 0 under another name). The identity level has as many negatives as test identities; the
+image level as many as held-out photos. ``ci95``: bootstrap over identities.
 
-* ``auc``: area under the ROC of the membership score.
-* ``tpr_at_fpr_1e-2``: TPR at FPR = 1e-2 read off the ROC conservatively (the best TPR
-  among ROC points with FPR <= 1e-2, no interpolation; Carlini et al., "Membership
-  Inference Attacks From First Principles", S&P 2022, report this low-FPR regime). With
-  fewer than 100 non-member identities this is the TPR at FPR = 0: the share of members
-  scoring above every non-member.
-* ``advantage``: max(0, 2 * AUC - 1) (components.metrics.advantage), with
-  ``tpr_at_fpr_1e-3`` and the counts ``n_members`` / ``n_non_members`` behind every rate.
+Threat model: black-box queries to the deployed system (its stored templates and, where it
+has one, its head's class cosines); photos of each candidate person that are not the
+training photos (identity level) or the photos in question (image level); public
+identities known to be non-members, and for the image level models the attacker trains on
+them. The strength records the calibrated operating point a label-free attacker gets.
 
-The strength also records the *calibrated* operating point: the TPR and FPR the
-public-quantile threshold actually achieves on the targets -- what an attacker without
-labels would get.
-
-Threat model: black-box query access to the deployed system -- the templates it stores
-for images and, where the system has one, its classifier head's class cosines (the
-training-identity logits); several images of each candidate person (the attacker holds
-photos of the person, not necessarily the training photos); a set of public identities
-known to be non-members. No weights, no training data, no shadow models.
-
-Artifacts (when ``ctx.workdir`` is set): ``membership_roc.png``, the ROC of every signal
-on a log FPR axis (members vs non-members), and ``membership_scores.csv``, one row per
-identity (split, membership label, raw signals, combined score) -- identity numbers and
-numbers only, no images.
+Artifacts (when ``ctx.workdir`` is set): ``membership_roc.png`` (every signal, log FPR
+axis) and ``membership_scores.csv`` (identity or photo numbers and scores, no images).
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Literal
 from pathlib import Path
@@ -72,12 +55,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.exceptions import UndefinedMetricWarning
 from sklearn.metrics import roc_auc_score
 
 from components.attacks.base import AttackContext, AttackResult, NotApplicable
 from components.attacks.measures import frozen
 from components.defenses.base import ProtectedSystem
 from components.metrics.advantage import from_auc
+from components.data.views import split_view
 from components.metrics.embeddings import extract_features, to_model_tensor
 from components.metrics.operating_point import positive_rate_at
 from components.metrics.plots import roc_plot
@@ -88,16 +73,20 @@ __all__ = ["ATTACK", "DEFAULTS", "MembershipInference", "identity_signals", "mem
 @dataclass
 class MembershipInferenceConfig:
     score: Literal["auto", "combined", "template", "confidence"] = "auto"   # auto | combined | template | confidence
+    level: Literal["identity", "image"] = "identity"   # is this person / this photo in the training set
     target_fpr: float = 1e-2   # the low-FPR operating point (measure key stays tpr_at_fpr_1e-2)
-    max_images_per_identity: int = 0   # 0 = all; else a seeded subset per identity (cost knob)
     flip: bool = True   # flip-average templates and logits (insightface protocol)
     batch_size: int = 256
+    references: int = 2         # image level: reference models trained on public identities only
+    reference_epochs: int = 10  # their training epochs (the judge's architecture, a head over the public identities)
 
 
 DEFAULTS: dict = asdict(MembershipInferenceConfig())   # the plain dict the attack merges its params over
 
 SCORES = ("auto", "combined", "template", "confidence")
-MEMBER_SPLIT, NON_MEMBER_SPLIT, CALIBRATION_SPLIT = "train", "test", "public"
+LEVELS = ("identity", "image")
+MEMBER_SPLIT, HELD_OUT_SPLIT, NON_MEMBER_SPLIT, CALIBRATION_SPLIT = "train", "holdout", "test", "public"
+MIN_NEGATIVES = {"tpr_at_fpr_1e-2": 100, "tpr_at_fpr_1e-3": 1000}   # below: no negative may pass, not reported
 _MIN_STD = 1e-6
 
 
@@ -110,9 +99,10 @@ def tpr_at_fpr(labels, scores, fpr_target: float) -> float:
 
 
 def membership_measures(labels, scores, fpr_target: float = 1e-2) -> dict:
-    """{"auc", "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3", "advantage", "n_members", "n_non_members"}
+    """{"auc", "advantage", "n_members", "n_non_members"} and, where at least 1 / FPR
+    non-members stand behind it, "tpr_at_fpr_1e-2" (at `fpr_target`) and "tpr_at_fpr_1e-3",
     for membership labels (1 member) and scores; advantage = max(0, 2 AUC - 1). With fewer
-    than 1 / fpr non-members a TPR at that FPR is the TPR at FPR 0 (the counts say so)."""
+    negatives a TPR at that FPR would be the TPR at FPR 0, so it is left out."""
     y = np.asarray(labels).astype(int)
     s = np.asarray(scores, dtype=np.float64)
     if y.min() == y.max():
@@ -120,8 +110,12 @@ def membership_measures(labels, scores, fpr_target: float = 1e-2) -> dict:
     if not np.all(np.isfinite(s)):
         raise ValueError("membership scores must be finite")
     auc = float(roc_auc_score(y, s))
-    return {"auc": auc, "tpr_at_fpr_1e-2": tpr_at_fpr(y, s, fpr_target), "tpr_at_fpr_1e-3": tpr_at_fpr(y, s, 1e-3),
-            "advantage": from_auc(auc), "n_members": int(y.sum()), "n_non_members": int((y == 0).sum())}
+    n_neg = int((y == 0).sum())
+    out = {"auc": auc, "advantage": from_auc(auc), "n_members": int(y.sum()), "n_non_members": n_neg}
+    for key, fpr in (("tpr_at_fpr_1e-2", fpr_target), ("tpr_at_fpr_1e-3", 1e-3)):
+        if n_neg >= MIN_NEGATIVES[key]:
+            out[key] = tpr_at_fpr(y, s, fpr)
+    return out
 
 
 def _has_head(system: ProtectedSystem, probe: torch.Tensor) -> bool:
@@ -139,6 +133,11 @@ def _device_of(system: torch.nn.Module, fallback) -> torch.device:
     return torch.device(fallback)
 
 
+def _unit_templates(fn, images: np.ndarray, flip: bool, batch_size: int, device) -> np.ndarray:
+    t = extract_features(fn, images, batch_size=batch_size, flip=flip, device=device).astype(np.float64)
+    return t / np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
+
+
 def identity_signals(system: ProtectedSystem, images: np.ndarray, rows: np.ndarray, identities: np.ndarray,
                      use_head: bool, flip: bool = True, batch_size: int = 256, device="cpu") -> pd.DataFrame:
     """Per identity (index of the frame): ``template`` (mean pairwise cosine of its
@@ -146,8 +145,7 @@ def identity_signals(system: ProtectedSystem, images: np.ndarray, rows: np.ndarr
     of the max class cosine of ``system.logits``). ``rows`` index the uint8 image store;
     identities with fewer than two images are left out (tightness needs a pair)."""
     x = images[rows]
-    t = extract_features(system, x, batch_size=batch_size, flip=flip, device=device).astype(np.float64)
-    t /= np.maximum(np.linalg.norm(t, axis=1, keepdims=True), 1e-12)
+    t = _unit_templates(system, x, flip, batch_size, device)
     conf = None
     if use_head:
         lg = extract_features(system.logits, x, batch_size=batch_size, flip=flip, device=device).astype(np.float64)
@@ -166,16 +164,63 @@ def identity_signals(system: ProtectedSystem, images: np.ndarray, rows: np.ndarr
     return pd.DataFrame.from_dict(out, orient="index")
 
 
-def _select_rows(manifest: pd.DataFrame, splits: tuple[str, ...], cap: int, seed: int) -> pd.DataFrame:
-    part = manifest[manifest["split"].isin(splits)].sort_values("index")
-    if cap and cap > 0:
-        rng = np.random.default_rng(seed)
-        keep = []
-        for _, g in part.groupby("identity", sort=True):
-            idx = g["index"].to_numpy()
-            keep.append(np.sort(rng.choice(idx, size=min(cap, len(idx)), replace=False)) if len(idx) > cap else idx)
-        part = part[part["index"].isin(np.concatenate(keep))]
-    return part
+def typicality(templates: np.ndarray, identities: np.ndarray) -> np.ndarray:
+    """Per photo: cosine of its (unit) template to the mean template of the other photos of
+    its identity in the set (0 where it is the only one)."""
+    out = np.zeros(len(templates))
+    for ident in np.unique(identities):
+        k = np.flatnonzero(identities == ident)
+        if len(k) < 2:
+            continue
+        total = templates[k].sum(axis=0)
+        others = (total[None, :] - templates[k]) / (len(k) - 1)
+        others /= np.maximum(np.linalg.norm(others, axis=1, keepdims=True), 1e-12)
+        out[k] = np.sum(templates[k] * others, axis=1)
+    return out
+
+
+def _subset(part: pd.DataFrame, cap: int, seed: int) -> pd.DataFrame:
+    """A seeded subset of at most `cap` photos of each identity of `part`."""
+    rng = np.random.default_rng(seed)
+    keep = []
+    for _, g in part.sort_values("index").groupby("identity", sort=True):
+        idx = g["index"].to_numpy()
+        keep.append(np.sort(rng.choice(idx, size=cap, replace=False)) if len(idx) > cap else idx)
+    return part[part["index"].isin(np.concatenate(keep))] if keep else part
+
+
+def _zscore(x: np.ndarray) -> np.ndarray:
+    return (x - x.mean()) / max(float(x.std()), _MIN_STD)
+
+
+def reference_models(ctx: AttackContext, p: dict, device) -> list[torch.nn.Module]:
+    """Backbones of `p["references"]` FR models trained on the PUBLIC identities only (the
+    judge's architecture, a head over the public identities, seeds seed + 1 ...): models
+    that never saw a private photo, for the per-photo calibration of LiRA offline. Trained
+    once per workdir and shared by every system (ctx.shared)."""
+    from components.models.fr_model import build_fr_model, train_fr_model
+
+    x, y, _ = split_view(ctx.images, ctx.manifest, CALIBRATION_SPLIT)
+    spec = {**ctx.evaluation.spec, "num_classes": int(y.max()) + 1}
+    cfg = {"epochs": int(p["reference_epochs"]), "batch_size": 64, "lr": 0.1, "warmup_epochs": 1}
+    params = {"references": int(p["references"]), "train": cfg, "spec": spec}
+    shared = getattr(ctx, "shared", None)
+    key = None if shared is None else shared.key("membership_inference/references", params, ctx.seed, "public")
+    hit = None if key is None else shared.get("membership_inference/references", key)
+    states = None if hit is None else hit["states"]
+    if states is None:
+        states = []
+        for k in range(int(p["references"])):
+            model = train_fr_model(x, y, spec, {**cfg, "seed": int(ctx.seed) + 1 + k}, device=device, progress=False)
+            states.append({n: v.detach().cpu() for n, v in model.backbone.state_dict().items()})
+        if key is not None:
+            shared.put("membership_inference/references", key, {"states": states})
+    nets = []
+    for state in states:
+        net = build_fr_model(spec).backbone
+        net.load_state_dict(state)
+        nets.append(net.to(device).eval())
+    return nets
 
 
 class MembershipInference:
@@ -192,38 +237,56 @@ class MembershipInference:
             raise ValueError(f"membership_inference: unknown params {sorted(unknown)}; known: {sorted(DEFAULTS)}")
         if p["score"] not in SCORES:
             raise ValueError(f"membership_inference: score must be one of {SCORES}, got {p['score']!r}")
+        if p["level"] not in LEVELS:
+            raise ValueError(f"membership_inference: level must be one of {LEVELS}, got {p['level']!r}")
         target_fpr = float(p["target_fpr"])
         if not 0.0 < target_fpr < 1.0:
             raise ValueError(f"membership_inference: target_fpr must be in (0, 1), got {target_fpr}")
-        m = ctx.manifest
-        if "split" not in m.columns:
+        if "split" not in ctx.manifest.columns:
             raise NotApplicable("the manifest has no split column: members and non-members are undefined")
-        part = _select_rows(m, (MEMBER_SPLIT, NON_MEMBER_SPLIT, CALIBRATION_SPLIT),
-                            int(p["max_images_per_identity"]), ctx.seed)
-        n_ids = part.groupby("split")["identity"].nunique()
-        need = {MEMBER_SPLIT: 1, NON_MEMBER_SPLIT: 1, CALIBRATION_SPLIT: 2}
-        short = [f"{s} ({int(n_ids.get(s, 0))} < {k})" for s, k in need.items() if n_ids.get(s, 0) < k]
-        if short:
-            raise NotApplicable("membership inference needs member (train), non-member (test) and at least two "
-                                "calibration (public) identities; too few in: " + ", ".join(short))
-
-        rows = part["index"].to_numpy()
-        idents = part["identity"].to_numpy()
         with frozen(ctx.system) as system:
             device = _device_of(system, ctx.device)
-            probe = to_model_tensor(ctx.images[rows[:2]]).to(device)
-            head = _has_head(system, probe)
+            rows = ctx.manifest["index"].to_numpy()[:2]
+            head = _has_head(system, to_model_tensor(ctx.images[rows]).to(device))
             mode = p["score"]
             if mode == "confidence" and not head:
                 raise NotApplicable(f"{ctx.defense}: no classifier head, so no confidence score")
             if mode == "auto":
                 mode = "combined" if head else "template"
-            use_head = head and mode in ("combined", "confidence")
-            sig = identity_signals(system, ctx.images, rows, idents, use_head=use_head, flip=bool(p["flip"]),
-                                   batch_size=int(p["batch_size"]), device=device)
+            if p["level"] == "image":
+                return self._image_level(ctx, p, system, head, mode, target_fpr, device)
+            return self._identity_level(ctx, p, system, head, mode, target_fpr, device)
 
-        split_of = part.groupby("identity")["split"].first()
-        sig["split"] = split_of.reindex(sig.index).to_numpy()
+    # ------------------------------------------------------------------ is this person a member
+
+    def _identity_level(self, ctx, p, system, head, mode, target_fpr, device) -> AttackResult:
+        m = ctx.manifest
+        held = m[m["split"] == HELD_OUT_SPLIT]
+        if held.empty:   # a split without held-out photos: members can only be asked with training photos
+            members, member_photos = m[m["split"] == MEMBER_SPLIT], "training photos (the split holds no held-out ones)"
+        else:
+            members, member_photos = held, "held-out photos (no model trained on them)"
+        counts = members.groupby("identity").size()
+        cap = int(counts.median())   # every candidate is asked about with as many photos as a member has
+        if cap < 2:
+            raise NotApplicable(f"identity-level membership needs at least 2 photos of each member; the split holds "
+                                f"{cap} held-out photo(s) per train identity (data.holdout_per_identity)")
+        part = pd.concat([_subset(members[members["identity"].isin(counts.index[counts >= 2])], cap, ctx.seed),
+                          _subset(m[m["split"] == NON_MEMBER_SPLIT], cap, ctx.seed),
+                          _subset(m[m["split"] == CALIBRATION_SPLIT], cap, ctx.seed)])
+        role = part["split"].replace({HELD_OUT_SPLIT: MEMBER_SPLIT})
+        n_ids = part.assign(role=role).groupby("role")["identity"].nunique()
+        need = {MEMBER_SPLIT: 1, NON_MEMBER_SPLIT: 1, CALIBRATION_SPLIT: 2}
+        short = [f"{s} ({int(n_ids.get(s, 0))} < {k})" for s, k in need.items() if n_ids.get(s, 0) < k]
+        if short:
+            raise NotApplicable("membership inference needs member (train), non-member (test) and at least two "
+                                "calibration (public) identities; too few in: " + ", ".join(short))
+        rows = part["index"].to_numpy()
+        idents = part["identity"].to_numpy()
+        use_head = head and mode in ("combined", "confidence")
+        sig = identity_signals(system, ctx.images, rows, idents, use_head=use_head, flip=bool(p["flip"]),
+                               batch_size=int(p["batch_size"]), device=device)
+        sig["split"] = pd.Series(role.to_numpy(), index=idents).groupby(level=0).first().reindex(sig.index).to_numpy()
         signals = [c for c in ("template", "confidence") if c in sig.columns]
         pub = sig[sig["split"] == CALIBRATION_SPLIT]
         if len(pub) < 2:
@@ -233,25 +296,24 @@ class MembershipInference:
             sig["z_" + c] = (sig[c] - mu) / max(sd, _MIN_STD)
         used = signals if mode == "combined" else [mode]
         sig["score"] = sig[["z_" + c for c in used]].mean(axis=1)
-
         ev = sig[sig["split"].isin([MEMBER_SPLIT, NON_MEMBER_SPLIT])].copy()
         ev["member"] = (ev["split"] == MEMBER_SPLIT).astype(int)
         if ev["member"].nunique() < 2:
             raise NotApplicable("members and non-members with two images each are both needed")
-        y = ev["member"].to_numpy()
-        measures = membership_measures(y, ev["score"].to_numpy(), target_fpr)
-
+        y, score = ev["member"].to_numpy(), ev["score"].to_numpy()
         thr = float(np.quantile(sig.loc[sig["split"] == CALIBRATION_SPLIT, "score"], 1.0 - target_fpr))
-        flagged = ev["score"].to_numpy() > thr
+        flagged = score > thr
         strength = {
+            "level": "identity",
             "members": int(y.sum()),
             "non_members": int((y == 0).sum()),
+            "member_photos": member_photos,
+            "photos_per_identity": cap,
             "calibration_identities": int(len(pub)),
             "score": mode if mode != "combined" else "combined(" + "+".join(used) + ")",
             "signals": used,
             "signal_auc": {c: float(roc_auc_score(y, ev[c])) for c in signals},
             "images": int(len(rows)),
-            "max_images_per_identity": int(p["max_images_per_identity"]),
             "flip": bool(p["flip"]),
             "target_fpr": target_fpr,
             "calibrated_threshold": thr,
@@ -260,24 +322,87 @@ class MembershipInference:
             "architecture": "score-based (no shadow model), public-z-scored",
             "epochs": 0,
         }
+        table = sig.rename_axis("identity").reset_index()
+        table["member"] = np.where(table["split"] == MEMBER_SPLIT, 1,
+                                   np.where(table["split"] == NON_MEMBER_SPLIT, 0, -1))
+        curves = {c: ev[c].to_numpy() for c in used} if mode == "combined" and len(used) > 1 else {}
+        return self._result(ctx, y, score, ev.index.to_numpy(), target_fpr, strength, table, curves,
+                            f"combined ({'+'.join(used)})" if mode == "combined" else mode,
+                            "identity membership", "identities")
+
+    # ------------------------------------------------------------------ was this photo trained on
+
+    def _image_level(self, ctx, p, system, head, mode, target_fpr, device) -> AttackResult:
+        m = ctx.manifest
+        held = m[m["split"] == HELD_OUT_SPLIT]
+        if held.empty:
+            raise NotApplicable("image-level membership needs held-out photos of the train identities "
+                                "(data.holdout_per_identity > 0)")
+        pool = m[m["split"].isin([MEMBER_SPLIT, HELD_OUT_SPLIT]) & m["identity"].isin(held["identity"].unique())]
+        pool = pool.sort_values("index")
+        x = ctx.images[pool["index"].to_numpy()]
+        idents = pool["identity"].to_numpy()
+        y = (pool["split"] == MEMBER_SPLIT).to_numpy().astype(int)
+        flip, bs = bool(p["flip"]), int(p["batch_size"])
+        raw = {"template": typicality(_unit_templates(system, x, flip, bs, device), idents)}
+        if head and mode in ("combined", "confidence"):
+            classes = np.unique(m.loc[m["split"] == MEMBER_SPLIT, "identity"].to_numpy())
+            own = np.searchsorted(classes, idents)
+            lg = extract_features(system.logits, x, batch_size=bs, flip=flip, device=device).astype(np.float64)
+            raw["confidence"] = lg[np.arange(len(own)), own] / (2.0 if flip else 1.0)
+        nets = reference_models(ctx, p, device)
+        ref = np.mean([_zscore(typicality(_unit_templates(net, x, flip, bs, device), idents)) for net in nets], axis=0)
+        calibrated = {c: _zscore(v) - ref for c, v in raw.items()}   # LiRA offline: the photo's own difficulty removed
+        used = list(calibrated) if mode == "combined" else [mode]
+        score = np.mean([calibrated[c] for c in used], axis=0)
+        strength = {
+            "level": "image",
+            "members": int(y.sum()),
+            "non_members": int((y == 0).sum()),
+            "member_photos": "training photos of the train identities that have held-out photos",
+            "non_member_photos": "their held-out photos (no model trained on them)",
+            "score": mode if mode != "combined" else "combined(" + "+".join(used) + ")",
+            "signals": used,
+            "signal_auc": {c: float(roc_auc_score(y, v)) for c, v in raw.items()},
+            "calibrated_signal_auc": {c: float(roc_auc_score(y, v)) for c, v in calibrated.items()},
+            "references": len(nets),
+            "reference_epochs": int(p["reference_epochs"]),
+            "calibration": "per photo, LiRA offline: z-scored signal minus the mean z-scored typicality of the photo "
+                           "under reference models trained on public identities only",
+            "images": int(len(y)),
+            "flip": flip,
+            "target_fpr": target_fpr,
+            "architecture": "score-based against the system, reference models of the judge's architecture",
+            "epochs": int(p["reference_epochs"]),
+        }
+        table = pd.DataFrame({"index": pool["index"].to_numpy(), "identity": idents, "member": y,
+                              **{f"raw_{c}": v for c, v in raw.items()}, "reference": ref, "score": score})
+        curves = {f"{c} (uncalibrated)": v for c, v in raw.items()}
+        return self._result(ctx, y, score, idents, target_fpr, strength, table, curves,
+                            "calibrated " + "+".join(used), "photo membership", "photos")
+
+    def _result(self, ctx, y, score, units, target_fpr, strength, table, extra_curves, label, what, noun):
+        """Measures, their bootstrap replicates (over identities), the ROC figure and the score table."""
+        measures = membership_measures(y, score, target_fpr)
+        replicates = {}
+        if ctx.bootstrap is not None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UndefinedMetricWarning)
+                auc = ctx.bootstrap.statistic(lambda w: roc_auc_score(y, score, sample_weight=w), units)
+            replicates = {"auc": auc, "advantage": np.clip(2.0 * auc - 1.0, 0.0, 1.0)}
         artifacts: dict[str, Path] = {}
         if ctx.workdir is not None:
             wd = Path(ctx.workdir)
-            curves = {f"combined ({'+'.join(used)})" if mode == "combined" else mode: (y, ev["score"].to_numpy())}
-            if mode == "combined" and len(used) > 1:
-                curves.update({c: (y, ev[c].to_numpy()) for c in used})
+            curves = {label: (score, y), **{k: (v, y) for k, v in extra_curves.items()}}
             artifacts["membership_roc"] = roc_plot(
-                {name: (scores, labels) for name, (labels, scores) in curves.items()}, wd / "membership_roc.png",
-                f"{ctx.defense}: identity membership ({int(y.sum())} members vs {int((y == 0).sum())} non-members)",
-                legend="auc", far_min=1e-3, xlabel="False positive rate (non-member identities flagged)",
-                ylabel="True positive rate (member identities flagged)")
-            table = sig.rename_axis("identity").reset_index()
-            table["member"] = np.where(table["split"] == MEMBER_SPLIT, 1,
-                                       np.where(table["split"] == NON_MEMBER_SPLIT, 0, -1))
+                curves, wd / "membership_roc.png",
+                f"{ctx.defense}: {what} ({int(y.sum())} members vs {int((y == 0).sum())} non-members)",
+                legend="auc", far_min=1e-3, xlabel=f"False positive rate (non-member {noun} flagged)",
+                ylabel=f"True positive rate (member {noun} flagged)")
             wd.mkdir(parents=True, exist_ok=True)
             table.to_csv(wd / "membership_scores.csv", index=False)
             artifacts["membership_scores"] = wd / "membership_scores.csv"
-        return AttackResult(measures=measures, strength=strength, artifacts=artifacts)
+        return AttackResult(measures=measures, strength=strength, artifacts=artifacts, replicates=replicates)
 
 
 ATTACK = MembershipInference()

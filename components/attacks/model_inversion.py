@@ -215,6 +215,12 @@ def judge(evaluation, inversions: torch.Tensor, labels: torch.Tensor, private: t
     """top1/top5 of the evaluation classifier on the inversions against `labels`, and the
     mean distance (1 - cosine) from each inversion to its nearest private image of the
     targeted identity, in the evaluation model's normalised feature space."""
+    return judge_each(evaluation, inversions, labels, private, private_labels)[0]
+
+
+def judge_each(evaluation, inversions: torch.Tensor, labels: torch.Tensor, private: torch.Tensor,
+               private_labels: torch.Tensor) -> tuple[dict, np.ndarray]:
+    """(`judge`'s measures, the top-1 hit of each inversion)."""
     bb_mode, hd_mode = evaluation.backbone.training, evaluation.head.training
     evaluation.backbone.eval()
     evaluation.head.eval()
@@ -235,7 +241,7 @@ def judge(evaluation, inversions: torch.Tensor, labels: torch.Tensor, private: t
         raise ValueError("a targeted label has no private image to compare with")
     nearest = sim.masked_fill(~same, -2.0).max(dim=1).values
     knn = (1.0 - nearest.double()).mean().item()
-    return {"top1": float(top1), "top5": float(top5), "knn_dist": float(knn)}
+    return {"top1": float(top1), "top5": float(top5), "knn_dist": float(knn)}, (top[:, 0] == labels).numpy()
 
 
 def _save_grid(images: torch.Tensor, path: Path, ncol: int = 10) -> Path:
@@ -347,7 +353,7 @@ class ModelInversion:
             system.train(was_training)
 
     def _run(self, ctx: AttackContext, system: ProtectedSystem, p: dict, device: torch.device) -> AttackResult:
-        train_x, train_y, _ = split_view(ctx.images, ctx.manifest, "train")
+        train_x, train_y, train_ids = split_view(ctx.images, ctx.manifest, "train")
         num_classes = int(train_y.max()) + 1
         h, w = ctx.images.shape[1:3]
         shape = (3, int(h), int(w))
@@ -404,10 +410,15 @@ class ModelInversion:
         target_labels = torch.as_tensor(targets, dtype=torch.long)
 
         keep = np.isin(train_y, targets)
-        measures = judge(ctx.evaluation, inversions, target_labels, to_model_tensor(train_x[keep]),
-                         torch.as_tensor(train_y[keep]))
+        measures, hits = judge_each(ctx.evaluation, inversions, target_labels, to_model_tensor(train_x[keep]),
+                                    torch.as_tensor(train_y[keep]))
         measures["chance"] = 1.0 / num_classes   # the judge picks among the training identities
         measures["advantage"] = rescaled(measures["top1"], measures["chance"])
+        replicates = {}
+        if ctx.bootstrap is not None:   # one outcome per targeted identity
+            top1 = ctx.bootstrap.mean(hits, np.unique(train_ids)[targets])
+            c = measures["chance"]
+            replicates = {"top1": top1, "advantage": np.clip((top1 - c) / (1.0 - c), 0.0, 1.0)}
 
         artifacts: dict[str, Path] = {}
         if p["save_grid"] and ctx.workdir is not None:
@@ -429,7 +440,7 @@ class ModelInversion:
         }
         if shared_from is not None:
             strength["shared_from"] = shared_from
-        return AttackResult(measures=measures, strength=strength, artifacts=artifacts)
+        return AttackResult(measures=measures, strength=strength, artifacts=artifacts, replicates=replicates)
 
     def _in_representation_space(self, ctx: AttackContext, system: ProtectedSystem, labels: torch.Tensor, p: dict,
                                  device) -> tuple[dict, str | None, dict]:

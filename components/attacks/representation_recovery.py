@@ -181,8 +181,8 @@ class RepresentationRecovery:
             recons = batched(net, intercepted, 64, device)
             grid_recons = batched(lambda x: net(system.protect(x)), hold_x, 64, device) if len(hold_x) else None
 
-        measures, threshold, artifacts = reconstruction_result(ctx, cfg, "representation_recovery", data, recons,
-                                                               grid_recons)
+        measures, threshold, artifacts, replicates = reconstruction_result(ctx, cfg, "representation_recovery", data,
+                                                                           recons, grid_recons)
         strength = {
             "attacker_images": int(train_x.shape[0]),
             "queries": int(queries),
@@ -201,7 +201,7 @@ class RepresentationRecovery:
         }
         if shared_from is not None:   # the same U-Net, trained once against an identical protect
             strength["shared_from"] = shared_from
-        return AttackResult(measures=measures, strength=strength, artifacts=artifacts)
+        return AttackResult(measures=measures, strength=strength, artifacts=artifacts, replicates=replicates)
 
 
 ATTACK = RepresentationRecovery()

@@ -109,7 +109,8 @@ class RetrievalLeakage:
         top1, top5 = hit_rates(nearest)
         raw_top1, raw_top5 = hit_rates(retrieval_ranks(f_raw, f_orig, 5, cfg.chunk))
         ident = part["identity"].to_numpy()
-        identity_top1 = float(np.mean(ident[nearest[:, 0]] == ident))
+        identity_hits = ident[nearest[:, 0]] == ident
+        identity_top1 = float(np.mean(identity_hits))
         sizes = np.unique(ident, return_counts=True)[1]
         identity_chance = float(np.sum(sizes.astype(np.float64) ** 2) / len(ident) ** 2)   # a random original
         strength = {"originals": int(len(originals)), "judge": "evaluation model",
@@ -117,7 +118,12 @@ class RetrievalLeakage:
                     "unmasked_top5": raw_top5, "chance_top1": 1.0 / len(originals)}
         measures = {"top1": top1, "top5": top5, "unmasked_top1": raw_top1, "identity_top1": identity_top1,
                     "identity_chance": identity_chance, "advantage": rescaled(identity_top1, identity_chance)}
-        return AttackResult(measures=measures, strength=strength)
+        replicates = {}
+        if ctx.bootstrap is not None:   # one query per private training image, weighted by its identity
+            r = ctx.bootstrap.mean(identity_hits, ident)
+            replicates = {"identity_top1": r,
+                          "advantage": np.clip((r - identity_chance) / (1.0 - identity_chance), 0.0, 1.0)}
+        return AttackResult(measures=measures, strength=strength, replicates=replicates)
 
 
 ATTACK = RetrievalLeakage()

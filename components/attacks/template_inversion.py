@@ -250,7 +250,8 @@ class TemplateInversion:
                       if cfg.refine_steps > 0 else batched(decoder, stored, 64, device))
             grid_recons = batched(lambda x: decoder(system(x)), hold_x, 64, device) if len(hold_x) else None
 
-        measures, threshold, artifacts = reconstruction_result(ctx, cfg, "template_inversion", data, recons, grid_recons)
+        measures, threshold, artifacts, replicates = reconstruction_result(ctx, cfg, "template_inversion", data,
+                                                                           recons, grid_recons)
         strength = {
             "attacker_images": int(train_x.shape[0]),
             "epochs": int(cfg.epochs),
@@ -271,7 +272,7 @@ class TemplateInversion:
         }
         if shared_from is not None:   # the same decoder, trained once against an identical probe
             strength["shared_from"] = shared_from
-        return AttackResult(measures=measures, strength=strength, artifacts=artifacts)
+        return AttackResult(measures=measures, strength=strength, artifacts=artifacts, replicates=replicates)
 
 
 ATTACK = TemplateInversion()

@@ -14,7 +14,9 @@ expectation over noise on a deterministic defense), and returns the strongest by
 for every variant) as the headline: its measures, with `variant` naming it and `variants`
 holding every variant's measures, and its strength with every variant's strength and the
 variants that did not apply. An adaptive variant that loses to the plain one is reported
-as it is. Ties go to the plain attack (first in order).
+as it is. Ties go to the plain attack (first in order). Each variant's block carries the
+95% intervals of its figures (`ci95`) when the context has a bootstrap; the headline's
+replicates travel on for the scores' intervals.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from pathlib import Path
 
 from components.attacks.base import AttackContext, AttackResult, NotApplicable
 from components.config import deep_merge
+from components.metrics.intervals import intervals
 
-__all__ = ["PLAIN", "run_variants", "split_variants"]
+__all__ = ["PLAIN", "run_variants", "split_variants", "with_intervals"]
 
 PLAIN = "plain"
 
@@ -66,6 +69,7 @@ def run_variants(attack, ctx: AttackContext) -> AttackResult:
             skipped[name] = str(why)
     if not results:
         raise NotApplicable(plain_reason or "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    results = {n: with_intervals(r) for n, r in results.items()}
     tie = getattr(attack, "tie_break", None)
 
     def strength_of(n: str) -> tuple[float, float]:
@@ -85,7 +89,21 @@ def run_variants(attack, ctx: AttackContext) -> AttackResult:
     for n, r in results.items():
         if n != best:
             artifacts.update({f"{n}/{label}": path for label, path in r.artifacts.items()})
-    return AttackResult(measures=measures, strength=strength, artifacts=artifacts)
+    return AttackResult(measures=measures, strength=strength, artifacts=artifacts, replicates=head.replicates)
+
+
+def with_intervals(result: AttackResult) -> AttackResult:
+    """`result` with `ci95` beside its figures: {"advantage": [lo, hi], ...} in the block and,
+    for a replicate named "skin.advantage", {"advantage": [lo, hi]} in the block's "skin"."""
+    measures = dict(result.measures)
+    for path, ci in intervals(result.replicates).items():
+        *parents, leaf = path.split(".")
+        block = measures
+        for key in parents:
+            block[key] = dict(block[key])
+            block = block[key]
+        block.setdefault("ci95", {})[leaf] = ci
+    return dataclasses.replace(result, measures=measures)
 
 
 def _without_nesting(block: dict) -> dict:

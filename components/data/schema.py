@@ -14,7 +14,7 @@ from pandera.typing.pandas import Series
 
 from components.data.errors import DataError
 
-SPLITS = ("train", "val", "test", "public")
+SPLITS = ("train", "holdout", "val", "test", "public")   # holdout: held-out photos of train identities
 
 # Columns the loader produces (attribute columns may not reuse these names), and all
 # declared columns: everything else in a manifest is an attribute column.

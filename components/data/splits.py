@@ -12,6 +12,7 @@ import pandas as pd
 from components.data.errors import DataError
 
 SPLITS = ("train", "val", "test", "public")
+HOLDOUT = "holdout"   # photos of train identities that no model trains on (membership queries them)
 MIN_IDENTITIES_PER_SPLIT = 2
 _ENUMERATE_LIMIT = 200_000  # enumerate all candidate pairs up to this many, else rejection-sample
 
@@ -65,7 +66,8 @@ def split_sizes(k: int, fractions: dict[str, float]) -> dict[str, int]:
     return counts
 
 
-def assign_splits(manifest: pd.DataFrame, fractions: dict[str, float], seed: int) -> pd.DataFrame:
+def assign_splits(manifest: pd.DataFrame, fractions: dict[str, float], seed: int,
+                  holdout_per_identity: int = 0) -> pd.DataFrame:
     """Copy of manifest with a `split` column: identities (not images) shuffled with the seed and cut by
     fractions, e.g. {"train": 0.6, "test": 0.2, "public": 0.2} (must sum to 1 within 1e-6, each split gets at
     least 2 identities, else ValueError). Stratify by nothing; deterministic. If two images of different
@@ -75,7 +77,12 @@ def assign_splits(manifest: pd.DataFrame, fractions: dict[str, float], seed: int
     Split names must be among train/val/test/public. The identity shuffle is
     ``np.random.default_rng(seed).permutation(sorted identity ints)``; splits take consecutive
     runs of that permutation in the order of ``fractions``; counts use largest-remainder
-    rounding, so each split's identity count is within 1 of ``fraction * K``."""
+    rounding, so each split's identity count is within 1 of ``fraction * K``.
+
+    With ``holdout_per_identity`` = h > 0, h photos of each train identity (seeded; fewer
+    where the identity would keep fewer than 2 training photos) get the split "holdout":
+    they belong to a train identity, yet no model trains on them, so that membership
+    inference can ask about a person with photos the model never saw."""
     _require(manifest, ["identity", "content_hash", "path"])
     if not isinstance(fractions, dict) or not fractions:
         raise ValueError("fractions must be a non-empty dict {split name: fraction}")
@@ -104,7 +111,44 @@ def assign_splits(manifest: pd.DataFrame, fractions: dict[str, float], seed: int
         start += counts[s]
     out = manifest.copy()
     out["split"] = pd.array([split_of[int(i)] for i in out["identity"]], dtype="str")
+    if int(holdout_per_identity) < 0:
+        raise ValueError(f"holdout_per_identity must be >= 0, got {holdout_per_identity}")
+    if holdout_per_identity:
+        out = hold_out_photos(out, int(holdout_per_identity), seed)
     return out
+
+
+def hold_out_photos(manifest: pd.DataFrame, per_identity: int, seed: int) -> pd.DataFrame:
+    """Copy of a split manifest with `per_identity` photos of each train identity moved to
+    the split "holdout" (an identity keeps at least 2 training photos; the choice is seeded
+    and independent of row order)."""
+    out = manifest.copy()
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x401D]))
+    train = out[out["split"] == "train"].sort_values("index")
+    held = []
+    for _, rows in train.groupby("identity", sort=True):
+        k = min(per_identity, len(rows) - 2)
+        if k > 0:
+            held.extend(rng.choice(rows["index"].to_numpy(), size=k, replace=False).tolist())
+        else:
+            rng.random()   # keep the stream aligned: an identity without held-out photos draws too
+    out.loc[out["index"].isin(held), "split"] = HOLDOUT
+    return out
+
+
+def identity_split(split: pd.Series) -> pd.Series:
+    """The split an identity belongs to: held-out photos belong to their train identity."""
+    return split.replace({HOLDOUT: "train"})
+
+
+def split_digest(manifest: pd.DataFrame) -> str:
+    """A short digest of which image is in which split: checkpoints and caches keyed by it
+    are never reused for another split of the same images."""
+    import hashlib
+
+    rows = manifest[["index", "split"]].sort_values("index")
+    payload = "\n".join(f"{i},{s}" for i, s in zip(rows["index"].to_numpy(), rows["split"].astype(str)))
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- pairs
@@ -270,7 +314,7 @@ def check_disjoint(manifest: pd.DataFrame) -> list[str]:
     problems: list[str] = []
     df = manifest[manifest["split"].notna()]
     if "identity" in df.columns:
-        per_id = df.groupby("identity", sort=True)["split"].unique()
+        per_id = df.assign(split=identity_split(df["split"])).groupby("identity", sort=True)["split"].unique()
         for ident, splits in per_id.items():
             if len(splits) > 1:
                 name = ""

@@ -58,12 +58,16 @@ def positive_rate_at(positives: np.ndarray, negatives: np.ndarray, rate: float) 
 @dataclass
 class PairScores:
     """Every unordered pair of a set of templates, split by identity, without storing the
-    pairs: the `top` largest impostor scores (enough for any rate <= top / n_impostor) and
-    all genuine scores (few: sum of n_i^2 / 2)."""
+    pairs: the `top` largest impostor scores (enough for any rate <= top / n_impostor, with
+    room for the bootstrap's reweighting) and all genuine scores (few: sum of n_i^2 / 2),
+    each with the identities behind it."""
 
     genuine: np.ndarray
     top_impostors: np.ndarray     # descending
     n_impostor: int
+    genuine_ids: np.ndarray | None = None
+    top_ids: np.ndarray | None = None          # (len(top_impostors), 2): the identities of each impostor pair
+    identity_counts: tuple[np.ndarray, np.ndarray] | None = None   # (identities, images of each)
 
     def threshold(self, rate: float) -> float:
         k = _rank(rate, self.n_impostor)
@@ -74,12 +78,35 @@ class PairScores:
     def tar(self, rate: float) -> float:
         return rate_above(self.genuine, self.threshold(rate))
 
+    def tar_replicates(self, rate: float, boot) -> np.ndarray:
+        """(B,) TAR at `rate` under each replicate of `boot` (components.metrics.intervals):
+        impostor pair (a, b) weighs w(a) w(b), the threshold is re-read from the weighted
+        impostors (at most rate x their total weight strictly above it), a genuine pair
+        weighs w(its identity). NaN where the kept impostors do not reach the rate."""
+        if self.genuine_ids is None or self.top_ids is None or self.identity_counts is None:
+            raise ValueError("these pair scores were built without identities")
+        ids, counts = self.identity_counts
+        w = boot.weights(ids) * counts[None, :]                              # (B, K) weighted images
+        total = (w.sum(axis=1) ** 2 - (w ** 2).sum(axis=1)) / 2.0            # weighted impostor pairs
+        pw = boot.weights(self.top_ids[:, 0]) * boot.weights(self.top_ids[:, 1])   # (B, M)
+        cum = np.cumsum(pw, axis=1)
+        over = cum > (rate * total)[:, None] + 1e-9
+        reached = over.any(axis=1)
+        t = self.top_impostors[np.argmax(over, axis=1)]
+        gw = boot.weights(self.genuine_ids)
+        gsum = gw.sum(axis=1)
+        accepted = (gw * (self.genuine[None, :] > t[:, None])).sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out = accepted / gsum
+        return np.where(reached & (gsum > 0), out, np.nan)
+
 
 def all_pairs_operating_point(templates: np.ndarray, identities: np.ndarray, probe_templates: np.ndarray | None = None,
                               max_rate: float = 1e-2, block: int = 512) -> PairScores:
     """Scores of all pairs (a < b) of `templates` (cosine of L2-normalised rows; with
     `probe_templates`, stored a against probe b), genuine when the identities match. Row
-    blocks keep memory at block x N; only the top max_rate share of impostors is kept."""
+    blocks keep memory at block x N; only the top share of impostors is kept: 4 x max_rate
+    (the bootstrap's replicates reweight them) plus 64."""
     t = _unit(templates)
     p = t if probe_templates is None else _unit(probe_templates)
     ids = np.asarray(identities)
@@ -90,20 +117,28 @@ def all_pairs_operating_point(templates: np.ndarray, identities: np.ndarray, pro
     n_impostor = int((~same).sum() // 2)
     if n_impostor == 0:
         raise ValueError("all templates share one identity: no impostor pairs")
-    keep = _rank(max_rate, n_impostor) + 1
-    genuine, top = [], np.empty(0)
+    keep = 4 * (_rank(max_rate, n_impostor) + 1) + 64
+    genuine, genuine_ids = [], []
+    top, top_ids = np.empty(0), np.empty((0, 2), dtype=ids.dtype)
     for start in range(0, n, block):
         stop = min(n, start + block)
         scores = t[start:stop] @ p.T                                    # (block, n)
         upper = np.arange(n)[None, :] > np.arange(start, stop)[:, None]  # a < b only
         g = same[start:stop] & upper
         genuine.append(scores[g])
-        imp = scores[~same[start:stop] & upper]
-        if imp.size:
-            merged = np.concatenate([top, imp])
+        genuine_ids.append(np.broadcast_to(ids[start:stop, None], g.shape)[g])
+        r, c = np.nonzero(~same[start:stop] & upper)
+        if r.size:
+            merged = np.concatenate([top, scores[r, c]])
+            merged_ids = np.concatenate([top_ids, np.stack([ids[start + r], ids[c]], axis=1)])
             m = min(keep, merged.size)
-            top = np.partition(merged, merged.size - m)[merged.size - m:]
-    return PairScores(np.concatenate(genuine).astype(np.float64), np.sort(top)[::-1].astype(np.float64), n_impostor)
+            sel = np.argpartition(merged, merged.size - m)[merged.size - m:]
+            top, top_ids = merged[sel], merged_ids[sel]
+    order = np.argsort(-top, kind="stable")
+    uniq, counts = np.unique(ids, return_counts=True)
+    return PairScores(np.concatenate(genuine).astype(np.float64), top[order].astype(np.float64), n_impostor,
+                      genuine_ids=np.concatenate(genuine_ids), top_ids=top_ids[order],
+                      identity_counts=(uniq, counts.astype(np.float64)))
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

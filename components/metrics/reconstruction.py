@@ -26,7 +26,8 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 from components.metrics.embeddings import extract_features, to_model_tensor
 from components.metrics.operating_point import all_pairs_operating_point
 
-__all__ = ["DATA_RANGE", "PSNR_CAP_DB", "ssim_psnr", "evaluation_features", "judge_threshold", "accept_rate", "sar"]
+__all__ = ["DATA_RANGE", "PSNR_CAP_DB", "ssim_psnr", "ssim_psnr_each", "evaluation_features", "judge_threshold",
+           "accept_rate", "accepted", "sar"]
 
 DATA_RANGE = 2.0          # images live in [-1, 1]
 PSNR_CAP_DB = 100.0       # per-image PSNR of identical images (MSE = 0) is capped here, not inf
@@ -58,12 +59,20 @@ def ssim_psnr(recon, target) -> tuple[float, float]:
         raise ValueError(f"recon {tuple(r.shape)} and target {tuple(t.shape)} differ in shape")
     if r.shape[0] == 0:
         raise ValueError("no images given")
-    r = r.clamp(-1.0, 1.0)
-    ssim = StructuralSimilarityIndexMeasure(data_range=DATA_RANGE, reduction="elementwise_mean")
+    s, p = ssim_psnr_each(r, t)
+    return float(s.mean()), float(p.mean())
+
+
+def ssim_psnr_each(recon, target) -> tuple[np.ndarray, np.ndarray]:
+    """Per image (SSIM, PSNR in dB) of `ssim_psnr`, before the average."""
+    r = _as_float_images(recon, "recon").clamp(-1.0, 1.0)
+    t = _as_float_images(target, "target")
+    if r.shape != t.shape:
+        raise ValueError(f"recon {tuple(r.shape)} and target {tuple(t.shape)} differ in shape")
+    ssim = StructuralSimilarityIndexMeasure(data_range=DATA_RANGE, reduction="none")
     psnr = PeakSignalNoiseRatio(data_range=DATA_RANGE, reduction="none", dim=(1, 2, 3))
-    s = float(ssim(r, t))
-    p = psnr(r, t).clamp(max=PSNR_CAP_DB)
-    return s, float(p.mean())
+    return (ssim(r, t).double().numpy().reshape(-1),
+            psnr(r, t).clamp(max=PSNR_CAP_DB).double().numpy().reshape(-1))
 
 
 def _backbone(evaluation) -> nn.Module:
@@ -95,10 +104,14 @@ def judge_threshold(features: np.ndarray, identities: np.ndarray, far: float = 1
 def accept_rate(f_recon: np.ndarray, f_ref: np.ndarray, threshold: float) -> float:
     """Share of rows whose cosine (rows L2-normalised) is > threshold (the accept rule of
     components.metrics.operating_point)."""
+    return float(np.mean(accepted(f_recon, f_ref, threshold)))
+
+
+def accepted(f_recon: np.ndarray, f_ref: np.ndarray, threshold: float) -> np.ndarray:
+    """Per row: is its cosine (rows L2-normalised) > threshold (`accept_rate` before the mean)."""
     if f_recon.shape != f_ref.shape:
         raise ValueError(f"feature shapes differ: {f_recon.shape} vs {f_ref.shape}")
-    cos = np.einsum("ij,ij->i", f_recon.astype(np.float64), f_ref.astype(np.float64))
-    return float(np.mean(cos > threshold))
+    return np.einsum("ij,ij->i", f_recon.astype(np.float64), f_ref.astype(np.float64)) > threshold
 
 
 def sar(evaluation, recon, sources, others, threshold: float) -> tuple[float, float]:

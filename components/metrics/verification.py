@@ -184,7 +184,8 @@ def verification_10fold(scores: np.ndarray, labels: np.ndarray, folds: np.ndarra
     accuracy measured on fold k.
 
     Returns {"accuracy": mean, "std": std over folds (population, as np.std), "thresholds": list,
-    "fold_accuracies": list}, lists in ascending fold-id order. Works for any number (>= 2) of folds.
+    "fold_accuracies": list, "correct": bool array in the input's order}, lists in ascending
+    fold-id order. Works for any number (>= 2) of folds.
     """
     s, y = _check_scores_labels(scores, labels)
     f = np.asarray(folds)
@@ -208,11 +209,16 @@ def verification_10fold(scores: np.ndarray, labels: np.ndarray, folds: np.ndarra
         thresholds.append(thr)
         accuracies.append(acc)
     acc_arr = np.asarray(accuracies)
+    correct = np.empty(s.shape[0], dtype=bool)   # each pair judged at its own fold's threshold
+    for k, thr in zip(fold_ids, thresholds):
+        test = f == k
+        correct[order[test]] = (s[test] > thr) == y[test]
     return {
         "accuracy": float(acc_arr.mean()),
         "std": float(acc_arr.std()),
         "thresholds": thresholds,
         "fold_accuracies": accuracies,
+        "correct": correct,
     }
 
 
@@ -241,6 +247,11 @@ def rank1(gallery: np.ndarray, gallery_ids, probes: np.ndarray, probe_ids) -> fl
     Each probe is matched to its most similar gallery template; a hit when that template's id equals
     the probe's. Every probe identity must appear in the gallery.
     """
+    return float(rank1_hits(gallery, gallery_ids, probes, probe_ids).mean())
+
+
+def rank1_hits(gallery: np.ndarray, gallery_ids, probes: np.ndarray, probe_ids) -> np.ndarray:
+    """Per probe: is its nearest gallery template (cosine) of its identity (`rank1`)."""
     g = _l2_normalise(gallery, "gallery")
     p = _l2_normalise(probes, "probes")
     gid = np.asarray(gallery_ids)
@@ -258,11 +269,11 @@ def rank1(gallery: np.ndarray, gallery_ids, probes: np.ndarray, probe_ids) -> fl
             f"(e.g. {np.unique(pid[missing])[:5].tolist()}); closed-set rank-1 needs every probe id in the gallery"
         )
     chunk = max(1, int(2**24 // max(1, g.shape[0])))  # bound the (chunk, G) similarity block
-    hits = 0
+    hits = np.empty(p.shape[0], dtype=bool)
     for start in range(0, p.shape[0], chunk):
         sims = p[start : start + chunk] @ g.T
-        hits += int(np.sum(gid[np.argmax(sims, axis=1)] == pid[start : start + chunk]))
-    return hits / p.shape[0]
+        hits[start : start + chunk] = gid[np.argmax(sims, axis=1)] == pid[start : start + chunk]
+    return hits
 
 
 # --------------------------------------------------------------------------- pairs -> report

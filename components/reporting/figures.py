@@ -69,6 +69,8 @@ class TradeoffPoint:
     privacy: float | None          # None: no attack measured, not plotted
     sweep: bool = False
     attacks: tuple[str, ...] = field(default=())   # the attacks the privacy score rests on
+    utility_ci: tuple[float, float] | None = None  # 95% intervals (metrics.json scores.ci95)
+    privacy_ci: tuple[float, float] | None = None
 
 
 def tradeoff_points(defenses: dict[str, dict], baseline: str = "baseline") -> list[TradeoffPoint]:
@@ -78,8 +80,10 @@ def tradeoff_points(defenses: dict[str, dict], baseline: str = "baseline") -> li
     base = defenses[baseline]["utility"]
     points = []
     for name, d in defenses.items():
+        ci = d["scores"].get("ci95", {})
         points.append(TradeoffPoint(name, name, d["scores"]["utility"], d["scores"].get("privacy"),
-                                    attacks=tuple(sorted(d.get("attacks", {})))))
+                                    attacks=tuple(sorted(d.get("attacks", {}))),
+                                    utility_ci=_pair(ci.get("utility")), privacy_ci=_pair(ci.get("privacy"))))
         sweep = d.get("sweep") or {}
         for p in sweep.get("points", []):
             if p.get("source") == "operating point":
@@ -91,10 +95,20 @@ def tradeoff_points(defenses: dict[str, dict], baseline: str = "baseline") -> li
     return points
 
 
+def _pair(ci) -> tuple[float, float] | None:
+    return None if ci is None else (float(ci[0]), float(ci[1]))
+
+
+def _errors(value: float, ci: tuple[float, float] | None) -> list[list[float]] | None:
+    """matplotlib's [[below], [above]] error lengths of an interval around a value."""
+    return None if ci is None else [[max(0.0, value - ci[0])], [max(0.0, ci[1] - value)]]
+
+
 def tradeoff_plot(points: list[TradeoffPoint], path: str | Path) -> Path:
-    """Utility score against privacy score, one marker per defense (circle) and per sweep
-    point (triangle, the defense's colour); the Pareto front over all plotted points is
-    ringed and drawn as a step line. Unscored systems are named in the title."""
+    """Utility score against privacy score, one marker per defense (circle, with its 95%
+    intervals as error bars where measured) and per sweep point (triangle, the defense's
+    colour); the Pareto front over all plotted points is ringed and drawn as a step line.
+    Unscored systems are named in the title."""
     scored = [p for p in points if p.privacy is not None]
     unscored = [p.label for p in points if p.privacy is None]
     fig = Figure(figsize=(6.4, 4.8))
@@ -105,6 +119,10 @@ def tradeoff_plot(points: list[TradeoffPoint], path: str | Path) -> Path:
         for p in scored:
             ax.scatter(p.privacy, p.utility, marker="^" if p.sweep else "o", s=30 if p.sweep else 60,
                        color=colours[p.defense], zorder=3)
+            if p.privacy_ci or p.utility_ci:   # 95% intervals, bootstrap over identities
+                ax.errorbar(p.privacy, p.utility, xerr=_errors(p.privacy, p.privacy_ci),
+                            yerr=_errors(p.utility, p.utility_ci), fmt="none", ecolor=colours[p.defense],
+                            elinewidth=1, capsize=2, alpha=0.7, zorder=2)
             ax.annotate(p.label, (p.privacy, p.utility), textcoords="offset points", xytext=(4, 4),
                         fontsize=7 if p.sweep else 8)
         fpts = sorted(((scored[i].privacy, scored[i].utility) for i in front))
@@ -126,6 +144,40 @@ def tradeoff_plot(points: list[TradeoffPoint], path: str | Path) -> Path:
     ax.set(xlabel="privacy score (higher = more private)", ylabel="utility score (accuracy / baseline)",
            xlim=(0, 1.05), ylim=(0, 1.05), title=title)
     ax.grid(True, alpha=0.3)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------- advantages with intervals
+
+def advantage_plot(defenses: dict[str, dict], path: str | Path) -> Path:
+    """One panel per attack: each defense's advantage (0 at chance, 1 at total success) with
+    its 95% interval; filled markers where the defense claims to stop the attack, hollow
+    where it does not (its threat model), none where the attack did not run."""
+    attacks = list(dict.fromkeys(a for d in defenses.values() for a in d.get("attacks", {})))
+    names = list(defenses)
+    cols = min(3, max(1, len(attacks)))
+    rows = -(-max(1, len(attacks)) // cols)
+    fig = Figure(figsize=(2.8 * cols + 1.2, rows * (0.3 * len(names) + 1.0) + 0.5))   # fits a 1,100 px page
+    grid = fig.subplots(rows, cols, squeeze=False, sharey=True)
+    axes = [ax for row in grid for ax in row]
+    for ax in axes[len(attacks):]:
+        ax.set_visible(False)
+    for ax, attack in zip(axes, attacks):
+        for y, name in enumerate(names):
+            block = defenses[name].get("attacks", {}).get(attack)
+            if not block or "advantage" not in block:
+                continue
+            adv = float(block["advantage"])
+            ci = _pair(block.get("ci95", {}).get("advantage"))
+            in_scope = attack in (defenses[name].get("threat_model") or {}).get("in_scope", [])
+            colour = f"C{y % 10}"
+            ax.errorbar(adv, y, xerr=_errors(adv, ci), fmt="o", color=colour, capsize=2, ms=5,
+                        mfc=colour if in_scope else "white")
+        ax.set(title=attack.replace("_", " "), xlim=(-0.05, 1.05), xlabel="advantage")
+        ax.grid(True, axis="x", alpha=0.3)
+    grid[0][0].set_yticks(range(len(names)), names)
+    grid[0][0].invert_yaxis()
+    fig.suptitle("Attack advantage with 95% intervals (filled: in the defense's threat model)", fontsize=9)
     return _save(fig, path)
 
 
@@ -296,6 +348,8 @@ def report_figures(metrics: dict, reports: str | Path, *, labels: np.ndarray, pa
         "Attack advantage (0 at chance, 1 at total success; framed cells: attacks the defense claims to stop) "
         "and reconstruction SSIM per defense (n/a: the attack does not apply, reasons in "
         "the Attacks section; -: not run)": attack_matrix_plot(metrics["defenses"], reports / "attack_matrix.png"),
+        "Attack advantage per defense with its 95% interval (bootstrap over identities); filled: attacks "
+        "the defense claims to stop": advantage_plot(metrics["defenses"], reports / "advantages.png"),
     }
     rocs = {"Verification ROC on the test pairs, per defense (FAR on a log axis)": roc_plot(
         {d: (scores, labels) for d, scores in pair_scores.items()}, reports / "roc.png",

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from components.atomic import atomic_write_text
 from components.metrics.advantage import RESERVED
-from components.reporting.scores import compute_scores
+from components.reporting.scores import compute_scores, score_intervals
 
 UTILITY_KEYS = ("verification_accuracy", "verification_std", "tar_at_far_1e-3", "eer", "rank1")
-OPTIONAL_UTILITY_KEYS = ("impostor_pairs",)   # the impostor scores behind TAR@FAR
+OPTIONAL_UTILITY_KEYS = ("impostor_pairs", "ci95")   # the impostor scores behind TAR@FAR; 95% intervals
 
 
 def _finite(obj, where="metrics"):
@@ -41,13 +41,17 @@ def build_metrics(dataset: dict, results: dict[str, dict], baseline: str = "base
         if missing:
             raise ValueError(f"defense {name!r}: utility lacks {missing}")
         threat_model = dict(r.get("threat_model") or {})
+        scores = compute_scores(r.get("attacks", {}), r["utility"], base_utility, threat_model)
+        ci = score_intervals(r.get("attacks", {}), r["utility"], base_utility, threat_model, r.get("replicates", {}),
+                             r["utility"].get("replicates", {}), base_utility.get("replicates", {}))
+        if ci:
+            scores["ci95"] = ci
         entry = {
             "params": dict(r.get("params", {})),
             "threat_model": threat_model,
-            "utility": {k: float(r["utility"][k]) for k in UTILITY_KEYS}
-            | {k: r["utility"][k] for k in OPTIONAL_UTILITY_KEYS if k in r["utility"]},
+            "utility": _utility_block(r["utility"]),
             "attacks": dict(r.get("attacks", {})),
-            "scores": compute_scores(r.get("attacks", {}), r["utility"], base_utility, threat_model),
+            "scores": scores,
             "mlflow": dict(r.get("mlflow", {})),
         }
         if r.get("not_applicable"):
@@ -56,12 +60,21 @@ def build_metrics(dataset: dict, results: dict[str, dict], baseline: str = "base
             entry["measures"] = dict(r["measures"])     # what the defense measured while building
         if r.get("sweep", {}).get("points"):
             entry["sweep"] = {"knob": r["sweep"]["knob"], "points": [
-                {k: p[k] for k in ("value", "operating_point", "utility", "attacks", "measures", "source") if k in p}
+                {k: p[k] for k in ("value", "operating_point", "attacks", "measures", "source") if k in p}
+                | {"utility": _utility_block(p["utility"], required=())}
                 for p in r["sweep"]["points"]]}
         defenses[name] = entry
     metrics = {"dataset": dict(dataset), "defenses": defenses}
     _finite(metrics)
     return metrics
+
+
+def _utility_block(utility: dict, required=UTILITY_KEYS) -> dict:
+    """The figures of a utility block, the impostors behind TAR@FAR and the `ci95`; the
+    bootstrap replicates stay out of metrics.json (they serve the scores' intervals)."""
+    out = {k: float(utility[k]) for k in required}
+    return out | {k: v for k, v in utility.items() if k not in required and (
+        k in OPTIONAL_UTILITY_KEYS or (not required and k in UTILITY_KEYS))}
 
 
 def write_json(obj: dict, path: str | Path) -> Path:
@@ -86,6 +99,10 @@ def _attribute_gain(attacks: dict) -> float | None:
     return max(gains) if gains else None
 
 
+def _ci_text(ci) -> str | None:
+    return None if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
 def summary_rows(metrics: dict) -> list[dict]:
     """One flat row per defense for tables (CLI, README, report): utility, then attack
     success, then scores."""
@@ -103,7 +120,10 @@ def summary_rows(metrics: dict) -> list[dict]:
         for column, (attack, measure) in ATTACK_COLUMNS.items():
             row[column] = a.get(attack, {}).get(measure)
         row["attr gain"] = _attribute_gain(a)
-        row.update({"privacy": s.get("privacy"), "privacy all": s.get("privacy_all"), "utility": s["utility"],
-                    "overall": s.get("overall")})
+        ci = s.get("ci95", {})
+        row.update({"privacy": s.get("privacy"), "privacy 95% CI": _ci_text(ci.get("privacy")),
+                    "privacy all": s.get("privacy_all"), "utility": s["utility"],
+                    "utility 95% CI": _ci_text(ci.get("utility")), "overall": s.get("overall"),
+                    "overall 95% CI": _ci_text(ci.get("overall"))})
         rows.append(row)
     return rows

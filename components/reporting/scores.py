@@ -13,13 +13,22 @@ utility = the lower of accuracy / the baseline's and TAR@FAR=1e-3 / the baseline
 capped at 1: a defense that keeps accuracy but collapses at the strict operating point
 loses utility (the TAR ratio is left out when the baseline's TAR is 0). overall = the
 harmonic mean of privacy and utility.
+
+Intervals: each score's `ci95` applies these rules replicate by replicate to the bootstrap
+replicates of its inputs (components.metrics.intervals: one identity weighs the same in
+the defense's, the baseline's and every attack's figures of a replicate); an input without
+replicates keeps its measured value.
 """
 
 from __future__ import annotations
 
+import math
 from statistics import harmonic_mean
 
+import numpy as np
+
 from components.metrics.advantage import RESERVED
+from components.metrics.intervals import as_arrays, intervals, with_values
 
 RECONSTRUCTION_ATTACKS = ("template_inversion", "representation_recovery")
 VISUAL_WEIGHT, ATTACK_WEIGHT = 0.4, 0.6
@@ -81,3 +90,29 @@ def compute_scores(attacks: dict, utility: dict, baseline_utility: dict, threat_
         scores["privacy"] = privacy
         scores["overall"] = harmonic_mean([privacy, scores["utility"]])   # 0 when either is 0
     return scores
+
+
+def score_intervals(attacks: dict, utility: dict, baseline_utility: dict, threat_model: dict | None,
+                    attack_replicates: dict, utility_replicates: dict, baseline_replicates: dict) -> dict:
+    """{score: [lo, hi]}: `compute_scores` on each bootstrap replicate of its inputs
+    (replicates as lists, {attack: {dotted measure: [...]}} and {utility key: [...]})."""
+    reps_a = {a: as_arrays(r) for a, r in (attack_replicates or {}).items() if a in attacks and r}
+    reps_u, reps_b = as_arrays(utility_replicates or {}), as_arrays(baseline_replicates or {})
+    sizes = {len(v) for r in (*reps_a.values(), reps_u, reps_b) for v in r.values()}
+    if not sizes:
+        return {}
+    if len(sizes) > 1:
+        raise ValueError(f"replicates of different lengths {sorted(sizes)}: figures of one run share one bootstrap")
+    n = sizes.pop()
+    out: dict[str, list] = {}
+    for b in range(n):
+        values = [v[b] for r in (*reps_a.values(), reps_u, reps_b) for v in r.values()]
+        if any(math.isnan(x) for x in values):
+            continue   # a replicate where an input is undefined gives no score
+        a_b = {a: with_values(block, {k: float(v[b]) for k, v in reps_a.get(a, {}).items()})
+               for a, block in attacks.items()}
+        u_b = {**utility, **{k: float(v[b]) for k, v in reps_u.items()}}
+        base_b = {**baseline_utility, **{k: float(v[b]) for k, v in reps_b.items()}}
+        for k, v in compute_scores(a_b, u_b, base_b, threat_model).items():
+            out.setdefault(k, [np.nan] * n)[b] = v
+    return intervals({k: np.asarray(v) for k, v in out.items()})

@@ -11,6 +11,7 @@ from components.attacks.sharing import SharedWork, context_digest
 from components.attacks.variants import run_variants
 from components.data.ingest import FaceDataset
 from components.defenses import load_system
+from components.metrics.intervals import as_lists
 from components.models.fr_model import from_bundle
 from pipelines.assets.model_assets import defense_partitions
 from pipelines.refusals import require_one_dataset
@@ -30,10 +31,11 @@ def attack_results(context: dg.AssetExecutionContext, settings: PrivfaceSettings
     params = settings.params()
     system = load_system(protected_system)
     evaluation = from_bundle(evaluation_fr_model)
-    measures, strengths, not_applicable, artifacts = {}, {}, {}, {}
+    measures, strengths, not_applicable, artifacts, replicates = {}, {}, {}, {}, {}
     device, workdir = compute.device(), settings.workdir() / "attacks" / name
     shared = shared_attacker_work(settings, face_dataset.images, dataset_splits["manifest"], dataset_splits["pairs"],
                                   evaluation)
+    bootstrap = settings.bootstrap(dataset_splits["manifest"])
     with mlflow_tracking.run(context, "attack_results", tags={"defense": name}):
         for attack_name, attack in ATTACKS.items():
             reason = attack.applies_to(system)
@@ -45,13 +47,14 @@ def attack_results(context: dg.AssetExecutionContext, settings: PrivfaceSettings
                                 evaluation=evaluation, params=params.get("attacks", {}).get(attack_name, {}),
                                 device=device, workdir=workdir / attack_name,
                                 seed=params["seed"], progress=settings.progress, shared=shared,
-                                extra={"attack_params": params.get("attacks", {})})
+                                bootstrap=bootstrap, extra={"attack_params": params.get("attacks", {})})
             try:
                 result = run_variants(attack, ctx)
             except NotApplicable as why:
                 not_applicable[attack_name] = str(why)
                 continue
             measures[attack_name] = result.measures
+            replicates[attack_name] = as_lists(result.replicates)
             strengths[attack_name] = result.strength
             log_params(result.strength, prefix=f"{attack_name}.")
             mlflow.log_metrics(_flat_metrics(result.measures, f"{attack_name}."))
@@ -67,7 +70,7 @@ def attack_results(context: dg.AssetExecutionContext, settings: PrivfaceSettings
         "shared_work_reused": dg.MetadataValue.json(shared.hits),
     })
     return {"attacks": measures, "strength": strengths, "not_applicable": not_applicable, "artifacts": artifacts,
-            "data_version": version}
+            "replicates": replicates, "data_version": version}
 
 
 def shared_attacker_work(settings: PrivfaceSettings, images, manifest, pairs, evaluation) -> SharedWork:

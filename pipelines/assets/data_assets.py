@@ -63,7 +63,8 @@ def splits_and_pairs(ds: FaceDataset, data: dict):
     dataset cannot be split (too few identities for a split, too few for the pair folds)."""
     with refuse_bad_input():
         try:
-            manifest = assign_splits(ds.manifest, data["splits"], seed=data["split_seed"])
+            manifest = assign_splits(ds.manifest, data["splits"], seed=data["split_seed"],
+                                     holdout_per_identity=data["holdout_per_identity"])
             pairs = make_pairs(manifest, split="test", n_folds=data["pairs"]["folds"],
                                pairs_per_fold=data["pairs"]["pairs_per_fold"], seed=data["pairs"]["seed"])
         except DataError:
@@ -143,7 +144,8 @@ def face_dataset(context: dg.AssetExecutionContext, settings: PrivfaceSettings):
 
 
 @dg.asset(group_name="data", kinds={"python", "pandas"}, check_specs=SPLIT_CHECKS,
-          description="Identity-disjoint train/test/public splits and LFW-style verification pairs in 10 folds.")
+          description="Identity-disjoint train/test/public splits, held-out photos of the train identities "
+                      "(split `holdout`, trained on by no model) and LFW-style verification pairs in 10 folds.")
 def dataset_splits(context: dg.AssetExecutionContext, settings: PrivfaceSettings, face_dataset: FaceDataset):
     data = settings.params()["data"]
     manifest, pairs = splits_and_pairs(face_dataset, data)
@@ -156,6 +158,7 @@ def dataset_splits(context: dg.AssetExecutionContext, settings: PrivfaceSettings
     info = pd.DataFrame([{"name": face_dataset.name, "version": face_dataset.version}])
     yield dg.Output({"manifest": manifest, "pairs": pairs, "info": info}, metadata={
         **{f"identities_{k}": int(v) for k, v in counts.items()},
+        "holdout_photos": int((manifest["split"] == "holdout").sum()),
         "pairs": len(pairs),
         "genuine_pairs": int(pairs["label"].sum()),
         "folds": int(pairs["fold"].nunique()),

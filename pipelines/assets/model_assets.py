@@ -12,11 +12,12 @@ import mlflow
 import numpy as np
 
 from components.data.ingest import FaceDataset
+from components.data.splits import split_digest
 from components.data.views import split_attributes, split_view
 from components.defenses import DEFENSES, DefenseContext, get_defense, system_bundle
 from components.metrics.embeddings import to_model_tensor
 from components.metrics.plots import roc_plot
-from components.metrics.utility import evaluate_system, pair_scores
+from components.metrics.utility import evaluate_system, pair_scores, scalars
 from components.models.fr_model import FRModel, from_bundle, make_spec, to_bundle, train_fr_model
 from components.training.ddp_entry import train_fr_model_torchrun
 from pipelines.refusals import require_one_dataset
@@ -49,7 +50,7 @@ def _train_fr(context, settings: PrivfaceSettings, compute: ComputeResource, mlf
                      input_size=params["data"]["image_size"])
     train = params[block]["train"]
     world_size = int(params[block].get("world_size", 1))
-    ckpt = settings.workdir() / "checkpoints" / block / _fingerprint(ds.version, spec, train)
+    ckpt = settings.workdir() / "checkpoints" / block / _fingerprint(ds.version, split_digest(manifest), spec, train)
     if config.force_retrain and ckpt.exists():
         shutil.rmtree(ckpt)
     device = compute.device()
@@ -110,7 +111,7 @@ def protected_system(context: dg.AssetExecutionContext, settings: PrivfaceSettin
     baseline: FRModel = from_bundle(baseline_fr_model)
     device = compute.device()
     ckpt = settings.workdir() / "checkpoints" / "defenses" / name / _fingerprint(
-        face_dataset.version, baseline_fr_model["spec"], params.get(name, {}))
+        face_dataset.version, split_digest(manifest), baseline_fr_model["spec"], params.get(name, {}))
     with mlflow_tracking.run(context, "protected_system", tags={"defense": name,
                                                                "data_version": face_dataset.version}) as run:
         ctx = DefenseContext(params=params.get(name, {}), train_images=train_x, train_labels=train_y,
@@ -125,8 +126,9 @@ def protected_system(context: dg.AssetExecutionContext, settings: PrivfaceSettin
         log_params({"defense": name, "operating_point": system.operating_point(), "params": params.get(name, {}),
                     "threat_model": {k: ", ".join(v) if isinstance(v, list) else v for k, v in threat.items()}})
         utility, templates = evaluate_system(system, face_dataset.images, manifest, pairs, device="cpu",
-                                             probe_fn=system.probe if system.has_probe else None)
-        mlflow.log_metrics(utility)
+                                             probe_fn=system.probe if system.has_probe else None,
+                                             bootstrap=settings.bootstrap(manifest))
+        mlflow.log_metrics(scalars(utility))
         scores = pair_scores(templates, pairs)
         roc_file = settings.workdir() / "figures" / f"roc_{name}.png"
         roc_plot({name: (scores, pairs["label"].to_numpy())}, roc_file, title=f"ROC: {name}")
@@ -146,7 +148,8 @@ def protected_system(context: dg.AssetExecutionContext, settings: PrivfaceSettin
                                            tags={"defense": name, "data_version": face_dataset.version})
         mlflow.set_tags({"registered_model": registered, "model_version": version})
     context.add_output_metadata({
-        **{k: dg.MetadataValue.float(float(v)) for k, v in utility.items()},
+        **{k: dg.MetadataValue.float(v) for k, v in scalars(utility).items()},
+        "ci95": dg.MetadataValue.json(utility.get("ci95", {})),
         "operating_point": dg.MetadataValue.json(system.operating_point()),
         "threat_model": dg.MetadataValue.json(threat),
         "registered_model": registered,

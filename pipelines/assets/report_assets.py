@@ -6,6 +6,7 @@ import dagster as dg
 import mlflow
 import numpy as np
 
+from components.metrics.utility import scalars
 from components.reporting.figures import report_figures
 from components.reporting.html import render_report
 from components.reporting.metrics_file import build_metrics, summary_rows, write_json
@@ -42,6 +43,7 @@ def privacy_utility_report(context: dg.AssetExecutionContext, settings: Privface
                    "attacks": attack_results[d]["attacks"], "mlflow": {
                        k: protected_system[d]["mlflow"][k] for k in ("run_id", "model_uri", "model_version")},
                    "not_applicable": attack_results[d]["not_applicable"],
+                   "replicates": attack_results[d].get("replicates", {}),
                    "measures": protected_system[d].get("measures", {}),
                    "sweep": defense_sweep.get(d, {})} for d in wanted}
     for r in results.values():   # the operating point is a point of its own sweep when nothing else differs
@@ -65,7 +67,7 @@ def privacy_utility_report(context: dg.AssetExecutionContext, settings: Privface
     with mlflow_tracking.run(context, "privacy_utility_report"):
         for name, d in metrics["defenses"].items():
             mlflow.log_metrics({f"{name}.{block}.{k}": v for block in ("utility", "scores")
-                                for k, v in d[block].items()})
+                                for k, v in scalars(d[block]).items()})
         for path in [metrics_path, html_path, *(p for section in figures.values() for p in section.values())]:
             mlflow.log_artifact(str(path), artifact_path="report")
     context.add_output_metadata({

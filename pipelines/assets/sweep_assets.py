@@ -12,6 +12,7 @@ import mlflow
 from components.attacks import ATTACKS, AttackContext, NotApplicable
 from components.config import deep_merge
 from components.data.ingest import FaceDataset
+from components.data.splits import split_digest
 from components.data.views import split_attributes, split_view
 from components.defenses import DefenseContext, get_defense, sweep_systems
 from components.metrics.utility import evaluate_system
@@ -46,9 +47,10 @@ def defense_sweep(context: dg.AssetExecutionContext, settings: PrivfaceSettings,
     device = compute.device()
     defense_params = deep_merge(params.get(name, {}), sweep.get("params", {}))
     ckpt = settings.workdir() / "checkpoints" / "sweeps" / name / _fingerprint(
-        face_dataset.version, baseline_fr_model["spec"], defense_params)
+        face_dataset.version, split_digest(manifest), baseline_fr_model["spec"], defense_params)
     evaluation = from_bundle(evaluation_fr_model)
     shared = shared_attacker_work(settings, face_dataset.images, manifest, pairs, evaluation)
+    bootstrap = settings.bootstrap(manifest)
     attack_names = list(sweep.get("attacks", []))
     unknown = [a for a in attack_names if a not in ATTACKS]
     if unknown:
@@ -68,7 +70,7 @@ def defense_sweep(context: dg.AssetExecutionContext, settings: PrivfaceSettings,
         for step, (value, system) in enumerate(zip(values, sweep_systems(defense, ctx, values))):
             system = system.to("cpu").eval()
             utility, _ = evaluate_system(system, face_dataset.images, manifest, pairs, device="cpu",
-                                         probe_fn=system.probe if system.has_probe else None)
+                                         probe_fn=system.probe if system.has_probe else None, bootstrap=bootstrap)
             attacks, strength = {}, {}
             for attack_name in attack_names:
                 attack = ATTACKS[attack_name]
@@ -79,7 +81,7 @@ def defense_sweep(context: dg.AssetExecutionContext, settings: PrivfaceSettings,
                                      pairs=pairs, evaluation=evaluation, params=attack_params, device=device,
                                      workdir=settings.workdir() / "sweeps" / name / f"{knob}={value}" / attack_name,
                                      seed=params["seed"], progress=settings.progress, shared=shared,
-                                     extra={"attack_params": all_attack_params})
+                                     bootstrap=bootstrap, extra={"attack_params": all_attack_params})
                 try:
                     result = run_variants(attack, actx)
                 except NotApplicable:

@@ -1,17 +1,18 @@
-"""Membership and attribute inference on the attack-test world (tests/attacks/conftest.py:
-60 synthetic identities x 8 images at 32 px; 30 train = members, 15 test = non-members,
-15 public = calibration; a baseline trained 10 epochs on the train split).
+"""Membership and attribute inference on the attack-test world (tests/world.py: 60
+synthetic identities x 8 images at 32 px; 30 train = members, each with 2 held-out photos
+no model trains on, 15 test = non-members, 15 public = calibration and reference models;
+a baseline trained 10 epochs on the train photos).
 
 The claims are chosen so that a broken attack fails them:
-* membership: the memorising baseline is clearly detected (measured AUC 0.99, TPR@FPR=1e-2
-  0.93); a model that never saw anyone (untrained, seeded) stays near chance (measured AUC
-  0.60). With 30 vs 15 identities the AUC of a null attack has a standard deviation of
-  about sqrt((30 + 15 + 1) / (12 * 30 * 15)) = 0.09, so the null tolerance is 0.15.
-* attributes: a probe finds skin tone in baseline templates (measured balanced accuracy
-  0.92 vs chance 0.33, 1.24 bits) and in a hand-built template that is the face centre's
-  mean colour (0.86, 1.0 bits); the same column shuffled across identities gives chance
-  (|bacc - chance| <= 0.08 measured over three shuffles) and no leakage (0 bits).
-"""
+* membership: asked with photos the model trained on, the identity-level attack detects
+  the members (positive control); the image-level attack tells training photos from
+  held-out photos of the same people; a model that never saw anyone (untrained, seeded)
+  stays near chance at both levels, and its advantage's 95% interval reaches 0. With 30
+  vs 15 identities the AUC of a null attack has a standard deviation of about
+  sqrt((30 + 15 + 1) / (12 * 30 * 15)) = 0.09, so the null tolerance is 0.15.
+* attributes: a probe finds skin tone in baseline templates and in a hand-built template
+  that is the face centre's mean colour; the same column shuffled across identities gives
+  chance and no leakage (0 bits)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import dataclasses
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -29,7 +31,7 @@ from components.defenses.base import ProtectedSystem
 from components.defenses.baseline import BaselineSystem
 from components.models.fr_model import build_fr_model
 
-MIA_KEYS = {"auc", "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3", "advantage", "n_members", "n_non_members"}
+MIA_KEYS = {"auc", "advantage", "n_members", "n_non_members"}   # + TPRs where >= 100 / 1,000 negatives
 ATTR_KEYS = {"balanced_accuracy", "chance", "leakage_bits", "advantage"}
 
 
@@ -79,26 +81,35 @@ def _finite(d: dict) -> bool:
 
 def test_membership_measures_unit():
     y = np.array([1, 1, 1, 0, 0, 0])
-    assert membership_measures(y, [3, 2, 1.5, 1, 0, -1]) == {"auc": 1.0, "tpr_at_fpr_1e-2": 1.0, "tpr_at_fpr_1e-3": 1.0,
-                                                             "advantage": 1.0, "n_members": 3, "n_non_members": 3}
+    assert membership_measures(y, [3, 2, 1.5, 1, 0, -1]) == {"auc": 1.0, "advantage": 1.0, "n_members": 3,
+                                                             "n_non_members": 3}
     worst = membership_measures(y, [-3, -2, -1.5, 1, 0, 2])
-    assert worst["auc"] == 0.0 and worst["advantage"] == 0.0 and worst["tpr_at_fpr_1e-2"] == 0.0   # floored
-    # conservative low-FPR reading: one non-member above two members -> TPR at FPR=0 is 1/3
-    assert membership_measures(y, [3, 1, 0.5, 2, 0, -1])["tpr_at_fpr_1e-2"] == pytest.approx(1 / 3)
+    assert worst["auc"] == 0.0 and worst["advantage"] == 0.0   # floored
+    # a TPR at FPR 1e-2 needs 100 negatives behind it (one may pass), 1e-3 needs 1,000
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(50), np.zeros(150)].astype(int)
+    s = rng.normal(size=200) + 2.0 * y
+    m = membership_measures(y, s)
+    assert "tpr_at_fpr_1e-2" in m and "tpr_at_fpr_1e-3" not in m
+    neg = np.sort(s[y == 0])[::-1]
+    assert m["tpr_at_fpr_1e-2"] == pytest.approx(np.mean(s[y == 1] > neg[1]))   # 1 of 150 negatives may pass
     with pytest.raises(ValueError):
         membership_measures([1, 1], [0.1, 0.2])
 
 
-def test_membership_detects_the_memorising_baseline(world, tmp_path):
+def test_identity_membership_asks_with_held_out_photos(world, tmp_path):
     result = MEMBERSHIP.run(world.context(world.baseline_system(), {}, tmp_path=tmp_path))
     m = result.measures
     assert set(m) == MIA_KEYS and _finite(m), m
-    assert m["auc"] > 0.85, m                      # measured 0.99
-    assert m["tpr_at_fpr_1e-2"] > 0.3, m           # measured 0.93
     assert m["advantage"] == pytest.approx(max(0.0, 2 * m["auc"] - 1))
     assert (m["n_members"], m["n_non_members"]) == (30, 15)
     s = result.strength
     assert (s["members"], s["non_members"], s["calibration_identities"]) == (30, 15, 15)
+    assert s["member_photos"].startswith("held-out photos") and s["photos_per_identity"] == 2
+    # the table holds the identities asked about, the members' scores from their held-out photos
+    table = pd.read_csv(result.artifacts["membership_scores"])
+    assert set(table.loc[table["member"] == 1, "identity"]) == set(
+        world.manifest.loc[world.manifest["split"] == "holdout", "identity"])
     assert s["score"] == "combined(template+confidence)"
     assert 0.0 <= s["calibrated_fpr"] <= 1.0 and 0.0 <= s["calibrated_tpr"] <= 1.0
     png = result.artifacts["membership_roc"]
@@ -106,20 +117,58 @@ def test_membership_detects_the_memorising_baseline(world, tmp_path):
     assert result.artifacts["membership_scores"].stat().st_size > 0
 
 
-def test_membership_stays_at_chance_on_a_model_that_never_saw_anyone(world):
+def test_identity_membership_detects_members_asked_with_photos_the_model_trained_on(world):
+    """The positive control of the machinery: call 2 TRAINING photos of each member its
+    held-out photos; the baseline memorised them, and the identity-level attack sees it (the
+    sample-level memorisation that the held-out design keeps out of the identity question)."""
+    m = world.manifest
+    trained = m[m["split"] == "train"].sort_values("index").groupby("identity").head(2)["index"]
+    relabelled = m.assign(split=np.where(m["split"] == "holdout", "train",
+                                         np.where(m["index"].isin(trained), "holdout", m["split"])))
+    ctx = dataclasses.replace(world.context(world.baseline_system(), {}), manifest=relabelled)
+    measures = MEMBERSHIP.run(ctx).measures
+    assert measures["auc"] > 0.85, measures       # measured 0.99 before held-out photos existed
+
+
+def test_image_level_membership_tells_training_photos_from_held_out_ones(world, tmp_path):
+    """Training photos against held-out photos of the same 30 people (180 vs 60), calibrated
+    by a reference model trained on the public identities only."""
+    result = MEMBERSHIP.run(world.context(world.baseline_system(), {"level": "image", "references": 1,
+                                                                     "reference_epochs": 4}, tmp_path=tmp_path))
+    m, s = result.measures, result.strength
+    assert (m["n_members"], m["n_non_members"]) == (180, 60) and s["references"] == 1
+    assert m["auc"] > 0.6, (m, s)                 # the baseline memorises its training photos
+    assert set(s["calibrated_signal_auc"]) == {"template", "confidence"}
+
+
+@pytest.fixture(scope="module")
+def untrained(world):
     torch.manual_seed(0)
-    fresh = build_fr_model(world.baseline.spec)   # same architecture, untrained
-    system = BaselineSystem(fresh.backbone.eval(), fresh.head.eval(), fresh.spec).eval()
-    m = MEMBERSHIP.run(world.context(system, {})).measures
-    assert set(m) == MIA_KEYS and _finite(m), m
-    assert abs(m["auc"] - 0.5) < 0.15, m           # measured 0.60; null sd ~0.09
+    fresh = build_fr_model(world.baseline.spec)   # same architecture, untrained: it saw nobody
+    return BaselineSystem(fresh.backbone.eval(), fresh.head.eval(), fresh.spec).eval()
+
+
+@pytest.mark.parametrize("level", ["identity", "image"])
+def test_membership_advantage_is_about_zero_on_a_model_that_never_saw_anyone(world, untrained, level):
+    """The control: with nobody trained on, the advantage is ~0 and its 95% interval
+    (bootstrap over identities) reaches 0."""
+    from components.metrics.intervals import IdentityBootstrap
+
+    ctx = dataclasses.replace(world.context(untrained, {"level": level, "references": 1, "reference_epochs": 4}),
+                              bootstrap=IdentityBootstrap(world.manifest["identity"], replicates=200, seed=0))
+    from components.attacks.variants import run_variants
+
+    m = run_variants(MEMBERSHIP, ctx).measures
+    assert abs(m["auc"] - 0.5) < 0.15, m           # null sd of the AUC ~0.09 (identity), ~0.04 (image)
+    assert m["ci95"]["advantage"][0] == 0.0 and m["advantage"] < 0.3, m
 
 
 def test_membership_template_score_without_a_head(world):
     system = TemplateOnly(world.baseline_system().backbone).eval()
-    result = MEMBERSHIP.run(world.context(system, {}))
+    assert MEMBERSHIP.run(world.context(system, {})).strength["score"] == "template"
+    result = MEMBERSHIP.run(world.context(system, {"level": "image", "references": 1, "reference_epochs": 4}))
     assert result.strength["score"] == "template"
-    assert result.measures["auc"] > 0.75, result.measures    # measured 0.92
+    assert result.measures["auc"] > 0.65, result.measures    # training photos sit closer to their person
     with pytest.raises(NotApplicable):
         MEMBERSHIP.run(world.context(system, {"score": "confidence"}))
 
@@ -131,6 +180,9 @@ def test_membership_not_applicable_and_bad_params(world):
         MEMBERSHIP.run(dataclasses.replace(world.context(system, {}), manifest=no_public))
     with pytest.raises(ValueError, match="unknown"):
         MEMBERSHIP.run(world.context(system, {"shadow_models": 4}))
+    no_holdout = world.manifest.assign(split=world.manifest["split"].replace({"holdout": "train"}))
+    with pytest.raises(NotApplicable, match="held-out photos"):
+        MEMBERSHIP.run(dataclasses.replace(world.context(system, {"level": "image"}), manifest=no_holdout))
     assert isinstance(MEMBERSHIP, MembershipInference) and MEMBERSHIP.name == "membership_inference"
     assert MEMBERSHIP.applies_to(system) is None
 
@@ -149,10 +201,14 @@ def test_leakage_measures_unit():
     assert wrong["balanced_accuracy"] == 0.0 and wrong["leakage_bits"] == 0.0
 
 
-def test_attribute_probe_finds_skin_in_baseline_templates_and_nothing_when_shuffled(world):
+@pytest.mark.parametrize("fit_on", ["cross_fit", "public"])
+def test_attribute_probe_finds_skin_in_baseline_templates_and_nothing_when_shuffled(world, fit_on):
+    """Cross-fitted over all 60 identities the probe reads skin tone well and calibrated
+    (bits); learning from the 15 public identities only and scored on the 15 test ones, it
+    still reads it above chance (the public-only attacker of the threat model)."""
     manifest = world.manifest.assign(skin_shuffled=_shuffled(world.manifest, "skin", 0),
                                      sex_shuffled=_shuffled(world.manifest, "sex", 0))
-    ctx = dataclasses.replace(world.context(world.baseline_system(), {}), manifest=manifest)
+    ctx = dataclasses.replace(world.context(world.baseline_system(), {"fit_on": fit_on}), manifest=manifest)
     result = ATTRIBUTE.run(ctx)
     m = dict(result.measures)
     top = m.pop("advantage")
@@ -165,19 +221,24 @@ def test_attribute_probe_finds_skin_in_baseline_templates_and_nothing_when_shuff
     assert top == max(b["advantage"] for b in m.values())               # the most leaked attribute
     assert m["skin"]["chance"] == pytest.approx(1 / 3) and m["sex"]["chance"] == 0.5
     skin = m["skin"]
-    assert skin["balanced_accuracy"] >= skin["chance"] + 0.15, skin      # measured 0.92
-    assert skin["leakage_bits"] > 0.2, skin                              # measured 1.24
+    assert skin["balanced_accuracy"] >= skin["chance"] + 0.15, skin
+    if fit_on == "cross_fit":
+        assert skin["leakage_bits"] > 0.2, skin
+    tolerance = 0.12 if fit_on == "cross_fit" else 0.25   # 60 scored identities, or 15
     for attr in ("skin_shuffled", "sex_shuffled"):
         b = m[attr]
-        assert abs(b["balanced_accuracy"] - b["chance"]) < 0.12, (attr, b)   # measured <= 0.08
-        assert b["leakage_bits"] < 0.05 and b["advantage"] < 0.2, (attr, b)  # measured 0: nothing to learn
+        assert abs(b["balanced_accuracy"] - b["chance"]) < tolerance, (attr, b)
+        assert b["leakage_bits"] < 0.05, (attr, b)       # nothing to learn
     s = result.strength
-    assert s["probe"] == "MLP(64)" and s["test_identities"] == 60
-    assert all(15 <= n < 60 for n in s["train_identities"].values())
+    assert s["probe"] == "MLP(64)"
+    if fit_on == "cross_fit":
+        assert s["test_identities"] == 60 and all(15 <= n < 60 for n in s["train_identities"].values())
+    else:
+        assert s["test_identities"] == 15 and all(n == 15 for n in s["train_identities"].values())
 
 
 def test_attribute_probe_finds_a_template_built_to_carry_skin(world):
-    m = ATTRIBUTE.run(world.context(CentreColour().eval(), {})).measures
+    m = ATTRIBUTE.run(world.context(CentreColour().eval(), {"fit_on": "cross_fit"})).measures
     assert m["skin"]["balanced_accuracy"] >= m["skin"]["chance"] + 0.15, m   # measured 0.86
     assert m["skin"]["leakage_bits"] > 0.2, m                                  # measured 1.0
 
@@ -197,6 +258,6 @@ def test_attribute_not_applicable_without_attribute_columns(world):
 
 def test_attribute_probe_folds_in_parallel_give_the_serial_result(world):
     system = CentreColour().eval()
-    serial = ATTRIBUTE.run(world.context(system, {"n_jobs": 1})).measures
-    parallel = ATTRIBUTE.run(world.context(system, {"n_jobs": 2})).measures
+    serial = ATTRIBUTE.run(world.context(system, {"n_jobs": 1, "fit_on": "cross_fit"})).measures
+    parallel = ATTRIBUTE.run(world.context(system, {"n_jobs": 2, "fit_on": "cross_fit"})).measures
     assert parallel == serial

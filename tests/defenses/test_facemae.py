@@ -233,7 +233,7 @@ def test_reconstructions_leak_clearly_less_than_unmasked_images(retrieval):
     assert m["top1"] <= m["top5"]
     assert m["unmasked_top1"] >= 0.95
     assert m["top1"] <= m["unmasked_top1"] - 0.3
-    assert retrieval.strength["judge"] == "evaluation model" and retrieval.strength["originals"] == 240
+    assert retrieval.strength["judge"] == "evaluation model" and retrieval.strength["originals"] == 180   # 30 x 6
 
 
 def test_retrieval_does_not_apply_to_the_baseline(world):

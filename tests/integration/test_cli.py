@@ -67,3 +67,23 @@ def test_a_corrupt_image_fails_with_the_file_named_in_the_last_lines(tmp_path, e
     log = Path(last[4].split("full log: ")[1])
     assert "Traceback" not in out.stderr and "DataError" in log.read_text()   # the trace is in the log only
     assert not (tmp_path / "r" / "metrics.json").exists()
+
+
+def test_study_runs_each_seed_and_reports_mean_and_spread(tmp_path, ci_data, env):
+    """`privface study`: one supervised run per seed (seed 0 the profile as it is, seed 1
+    retrained with other seeds, registered under its own prefix), then mean ± sd per defense."""
+    out = privface("study", "--seeds", "2", "--profile", "ci", "--data-dir", str(ci_data),
+                   "--workdir", str(tmp_path / "w"), "--reports-dir", str(tmp_path / "r"), env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    study = json.loads((tmp_path / "r" / "study" / "study.json").read_text())
+    seeds = [json.loads((tmp_path / "r" / "study" / f"seed{k}" / "metrics.json").read_text()) for k in (0, 1)]
+    assert study["seeds"] == 2 and len(study["minutes_per_seed"]) == 2
+    acc = [s["defenses"]["baseline"]["utility"]["verification_accuracy"] for s in seeds]
+    row = next(r for r in study["rows"] if r["defense"] == "baseline" and r["figure"] == "accuracy")
+    assert row["values"] == acc and row["mean"] == pytest.approx(sum(acc) / 2)
+    assert acc[0] != acc[1]                         # another seed trained another model
+    assert (tmp_path / "w-seed1").is_dir() and "| baseline |" in out.stdout
+    import mlflow
+
+    names = {m.name for m in mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).search_registered_models()}
+    assert any("-seed1-" in n for n in names) and any("-seed1-" not in n for n in names)

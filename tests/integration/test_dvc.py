@@ -114,10 +114,11 @@ def _report_run(tmp_path, ci_data, mlflow_uri, reports: Path, epochs: int) -> di
 
 
 def _leaves(obj, prefix="") -> dict:
-    """The values of a JSON document by dotted path, as DVC names metrics."""
+    """The values of a JSON document by dotted path, as DVC names metrics (DVC compares
+    scalars: lists such as the `ci95` intervals are not metrics to it)."""
     if isinstance(obj, dict):
         return {k: v for key, value in obj.items() for k, v in _leaves(value, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: obj}
+    return {} if isinstance(obj, list) else {prefix[:-1]: obj}
 
 
 def test_dvc_metrics_diff_shows_what_two_runs_with_different_params_changed(tmp_path, ci_data, dagster_home,

@@ -53,8 +53,15 @@ def test_whole_graph_writes_contract_metrics_tracks_and_registers(pipeline, mlfl
     assert set(metrics["dataset"]) >= {"name", "version", "identities", "images"}
     assert metrics["dataset"]["identities"] == 40 and metrics["dataset"]["images"] == 240
     base = metrics["defenses"]["baseline"]
-    assert set(base["utility"]) == CONTRACT_UTILITY | {"impostor_pairs"}
-    assert all(0.0 <= v <= 1.0 for k, v in base["utility"].items() if k != "impostor_pairs")
+    assert set(base["utility"]) == CONTRACT_UTILITY | {"impostor_pairs", "ci95"}
+    assert all(0.0 <= v <= 1.0 for k, v in base["utility"].items() if k not in ("impostor_pairs", "ci95"))
+    # 95% intervals (bootstrap over identities) around accuracy, TAR@FAR, rank-1, every score
+    for block, keys in ((base["utility"], ("verification_accuracy", "tar_at_far_1e-3", "rank1")),
+                        (base["scores"], ("privacy", "privacy_all", "overall"))):
+        for k in keys:
+            lo, hi = block["ci95"][k]
+            assert 0.0 <= lo <= hi <= 1.0 and lo - 0.1 <= block[k] <= hi + 0.1, (k, block[k], lo, hi)
+    assert base["scores"]["ci95"]["utility"] == [1.0, 1.0]   # the baseline against itself, replicate by replicate
     # TAR@FAR rests on every cross-identity pair of the 10 test identities (6 images each)
     assert base["utility"]["impostor_pairs"] == (60 * 59 - 10 * 6 * 5) // 2
     assert base["scores"]["utility"] == pytest.approx(1.0)
@@ -63,18 +70,27 @@ def test_whole_graph_writes_contract_metrics_tracks_and_registers(pipeline, mlfl
     # every block names its strongest variant and keeps each variant's figures; on the
     # baseline only the membership signals differ from the plain attacks
     assert all(attacks[a]["variant"] in attacks[a]["variants"] for a in attacks)
-    assert set(attacks["membership_inference"]["variants"]) == {"plain", "template", "confidence"}
+    assert set(attacks["membership_inference"]["variants"]) == {"plain", "template", "confidence", "image",
+                                                               "image_confidence"}
+    image = attacks["membership_inference"]["variants"]["image"]   # training vs held-out photos of 20 members
+    assert image["n_non_members"] == 40 and image["n_members"] == 80
     assert set(attacks["template_inversion"]["variants"]) == {"plain"}
     assert set(attacks["model_inversion"]["variants"]) == {"plain"}
-    attacks = {a: {k: v for k, v in block.items() if k not in ("variant", "variants")} for a, block in attacks.items()}
+    for a, block in attacks.items():   # every attack's advantage has its interval, every variant's too
+        assert 0.0 <= block["ci95"]["advantage"][0] <= block["ci95"]["advantage"][1] <= 1.0, a
+        assert all("advantage" in v["ci95"] for v in block["variants"].values()), a
+    attacks = {a: {k: v for k, v in block.items() if k not in ("variant", "variants", "ci95")}
+               for a, block in attacks.items()}
     for name in ("template_inversion", "representation_recovery"):
         assert set(attacks[name]) == {"ssim", "psnr_db", "sar_type1", "sar_type2", "sar_ceiling", "advantage",
                                       "impostor_pairs"}
     assert set(attacks["model_inversion"]) == {"top1", "top5", "knn_dist", "chance", "advantage"}
-    assert set(attacks["membership_inference"]) == {"auc", "tpr_at_fpr_1e-2", "tpr_at_fpr_1e-3", "advantage",
-                                                    "n_members", "n_non_members"}
-    assert set(attacks["attribute_inference"]) >= {"sex", "skin", "advantage"}
-    assert all(set(m) == {"balanced_accuracy", "chance", "leakage_bits", "advantage"}
+    # fewer than 100 negatives: no TPR at low FPR is reported
+    assert set(attacks["membership_inference"]) == {"auc", "advantage", "n_members", "n_non_members"}
+    # sex is probed; skin tone has a value with fewer than two of the ci profile's 10 public
+    # identities to learn from, and is then skipped (with the reason in the strength record)
+    assert set(attacks["attribute_inference"]) >= {"sex", "advantage"}
+    assert all(set(m) == {"balanced_accuracy", "chance", "leakage_bits", "advantage", "ci95"}
                for a, m in attacks["attribute_inference"].items() if a != "advantage")
     assert all(0.0 <= attacks[a]["advantage"] <= 1.0 for a in attacks)
     assert 0.0 <= base["scores"]["privacy"] <= 1.0 and 0.0 <= base["scores"]["overall"] <= 1.0
@@ -158,7 +174,7 @@ def test_frequency_defense_partition_with_sweep(tmp_path, ci_data, dagster_home,
         assert result.success, failures(result)
     metrics = json.loads((tmp / "reports" / "metrics.json").read_text())
     d = metrics["defenses"]["dctdp"]
-    assert d["params"]["eps_mean"] > 0 and set(d["utility"]) == CONTRACT_UTILITY | {"impostor_pairs"}
+    assert d["params"]["eps_mean"] > 0 and set(d["utility"]) == CONTRACT_UTILITY | {"impostor_pairs", "ci95"}
     assert "representation_recovery" in d["attacks"] and "template_inversion" in d["attacks"]
     # its threat model: privacy over recovery and inversion, privacy_all over the whole battery
     assert d["threat_model"]["in_scope"] == ["representation_recovery", "model_inversion"]
@@ -173,6 +189,7 @@ def test_frequency_defense_partition_with_sweep(tmp_path, ci_data, dagster_home,
     for point in sweep["points"]:
         assert point["operating_point"]["eps_mean"] == point["value"]
         assert 0.0 <= point["attacks"]["representation_recovery"]["ssim"] <= 1.0
+        assert "ci95" in point["attacks"]["representation_recovery"] and "replicates" not in point["utility"]
     assert (tmp / "reports" / "sweeps.png").is_file()
     assert "Sweeps: utility against the privacy measure" in (tmp / "reports" / "report.html").read_text()
     client = mlflow.MlflowClient(mlflow_uri, mlflow_uri)

@@ -139,7 +139,9 @@ def test_dagster_webserver_launches_a_materialization_through_graphql(tmp_path, 
         assert dataset["identities"] == synthetic["identities"] == 40
         assert dataset["images"] == synthetic["identities"] * synthetic["images_per_identity"]
         splits = materialization("dataset_splits")
-        assert sum(v for k, v in splits.items() if k.startswith("identities_")) == synthetic["identities"]
+        assert sum(v for k, v in splits.items()   # held-out photos belong to train identities
+                   if k.startswith("identities_") and k != "identities_holdout") == synthetic["identities"]
+        assert splits["identities_holdout"] == splits["identities_train"] and splits["holdout_photos"] > 0
         model = materialization("baseline_fr_model")
         assert model["epochs"] == ci_params["baseline"]["train"]["epochs"]
         assert 0.0 <= model["verification_accuracy"] <= 1.0

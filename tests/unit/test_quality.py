@@ -43,8 +43,8 @@ def _reject(df: pd.DataFrame, *needles: str) -> str:
 
 def test_schema_rejects_bad_split_value(manifest):
     m = manifest.assign(split="train")
-    m.loc[5, "split"] = "holdout"
-    _reject(m, "'split'", "holdout", "rows [5]")
+    m.loc[5, "split"] = "validation"
+    _reject(m, "'split'", "validation", "rows [5]")
 
 
 def test_schema_rejects_pixel_max_300(manifest):

@@ -264,10 +264,10 @@ def test_report_html_holds_tradeoff_matrix_rocs_and_grids_but_no_fake_images(tmp
                                            "baseline: membership_inference (membership_roc)"]
     html = render_report(metrics, figures, tmp_path / "reports" / "report.html").read_text()
     captions = [c for section in figures.values() for c, p in section.items() if p.suffix == ".png"]
-    assert len(captions) == 7   # trade-off, matrix, 2 ROCs, grid, training, sweeps
+    assert len(captions) == 8   # trade-off, matrix, advantages, 2 ROCs, grid, training, sweeps
     for caption in captions:
         assert f'alt="{caption}"' in html
-    assert html.count("<img") == 7 and html.count("data:image/png;base64,") == 7
+    assert html.count("<img") == 8 and html.count("data:image/png;base64,") == 8
     assert "<h2>Defense pictures</h2>" not in html          # empty sections are left out
     assert f"<code>{table}</code>" in html                  # the CSV is listed, not inlined as an image
     assert "sweep points are scored only on the attacks their sweep ran" in html

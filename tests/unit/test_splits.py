@@ -11,7 +11,7 @@ import pytest
 
 from components.data.errors import DataError
 from components.data.schema import validate_manifest
-from components.data.splits import assign_splits, check_disjoint, make_pairs
+from components.data.splits import assign_splits, check_disjoint, identity_split, make_pairs, split_digest
 
 FRACTIONS = {"train": 0.6, "test": 0.2, "public": 0.2}
 
@@ -191,3 +191,23 @@ def test_check_disjoint_reports_planted_problems(att_manifest):
     assert dup.loc[a, "path"] in problems[0] and dup.loc[b, "path"] in problems[0]
 
     assert check_disjoint(att_manifest) == ["manifest has no 'split' column"]
+
+
+def test_held_out_photos_belong_to_train_identities_and_are_seeded(att_manifest):
+    m = assign_splits(att_manifest, FRACTIONS, seed=0, holdout_per_identity=2)
+    held = m[m["split"] == "holdout"]
+    assert set(held["identity"]) == set(m.loc[m["split"] == "train", "identity"])
+    assert held.groupby("identity").size().eq(2).all()
+    assert check_disjoint(m) == [] and validate_manifest(m) is not None
+    # the identities' splits are those of a split without held-out photos
+    plain = assign_splits(att_manifest, FRACTIONS, seed=0)
+    assert identity_split(m["split"]).tolist() == plain["split"].tolist()
+    # the choice depends on the seed, not on the row order; checkpoints tell the splits apart
+    again = assign_splits(att_manifest.sample(frac=1, random_state=1), FRACTIONS, seed=0, holdout_per_identity=2)
+    assert set(again.loc[again["split"] == "holdout", "index"]) == set(held["index"])
+    assert split_digest(m) != split_digest(plain) and split_digest(m) == split_digest(again)
+    # an identity keeps at least 2 training photos: of 3, one is held out
+    small = assign_splits(synthetic_manifest([3] * 20), FRACTIONS, seed=0, holdout_per_identity=2)
+    assert small.loc[small["split"] == "holdout"].groupby("identity").size().eq(1).all()
+    with pytest.raises(ValueError, match="holdout_per_identity"):
+        assign_splits(att_manifest, FRACTIONS, seed=0, holdout_per_identity=-1)

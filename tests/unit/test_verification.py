@@ -142,7 +142,11 @@ def test_tenfold_matches_brute_force(tie_decimals):
     np.testing.assert_allclose(res["thresholds"], b_thrs)
     assert res["accuracy"] == pytest.approx(b_accs.mean())
     assert res["std"] == pytest.approx(b_accs.std())
-    assert set(res) == {"accuracy", "std", "thresholds", "fold_accuracies"}
+    assert set(res) == {"accuracy", "std", "thresholds", "fold_accuracies", "correct"}
+    # each pair judged at its own fold's threshold, in the input's order
+    for k, thr in enumerate(res["thresholds"]):
+        test = folds == k
+        np.testing.assert_array_equal(res["correct"][test], (scores[test] > thr) == (labels[test] == 1))
 
 
 def test_tenfold_separable_and_random():
