@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -249,7 +250,14 @@ def cmd_study(args) -> int:
                 command += [flag, value]
         print(f"privface: study seed {k + 1}/{args.seeds}: privface {' '.join(command)}", file=sys.stderr, flush=True)
         started = time.time()
-        code = subprocess.call([sys.executable, "-m", "pipelines.cli", *command])
+        # Ctrl-C reaches the run's own supervisor, which stops and closes the run; the study
+        # waits for it (ignoring the signal itself) and then stops too
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            code = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *command],
+                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)).wait()
+        finally:
+            signal.signal(signal.SIGINT, previous)
         if code != 0:
             print(f"privface: the study stopped at seed {k} (exit {code}); the seeds before it are kept under "
                   f"{reports}", file=sys.stderr)

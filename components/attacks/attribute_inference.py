@@ -305,14 +305,18 @@ class AttributeInference:
         replicates = {}
         if ctx.bootstrap is not None:   # scored rows weighted by their identity; the probe stays as fitted
             for a in probeable:
-                d, chance = details[a], measures[a]["chance"]
+                d, ids = details[a], groups[details[a]["rows"]]
                 with warnings.catch_warnings():   # a replicate may weigh a class to 0
                     warnings.simplefilter("ignore", UserWarning)
                     bacc = ctx.bootstrap.statistic(
-                        lambda w, y=d["y"], pred=d["pred"]: balanced_accuracy_score(y, pred, sample_weight=w),
-                        groups[d["rows"]])
+                        lambda w, y=d["y"], pred=d["pred"]: balanced_accuracy_score(y, pred, sample_weight=w), ids)
+                # chance of each replicate: 1 / the classes it weighs (balanced accuracy leaves the others out)
+                present = (ctx.bootstrap.weights(ids) @ np.eye(int(d["y"].max()) + 1)[d["y"]] > 0).sum(axis=1)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    chance = 1.0 / present
+                    adv = np.where(present > 1, np.clip((bacc - chance) / (1.0 - chance), 0.0, 1.0), np.nan)
                 replicates[f"{a}.balanced_accuracy"] = bacc
-                replicates[f"{a}.advantage"] = np.clip((bacc - chance) / (1.0 - chance), 0.0, 1.0)
+                replicates[f"{a}.advantage"] = adv
             replicates["advantage"] = np.max([replicates[f"{a}.advantage"] for a in probeable], axis=0)
         scored = groups if train is None else groups[~train]
         hidden = "-".join(str(int(h)) for h in p["hidden"])

@@ -1,7 +1,7 @@
 """The plumbing the reconstruction attacks share: which images an attacker may train on
 and which are targets, the training loop of their networks, and their metrics.json block.
-The measures themselves (SSIM/PSNR, SAR and its threshold) live in
-components.metrics.reconstruction.
+The measures themselves (SSIM/PSNR, SAR and its threshold, the block of a reconstruction
+attack) live in components.metrics.reconstruction.
 
 * Grids: originals above reconstructions, written only for PUBLIC identities (the
   attacker's own data); private faces never leave the run as pictures.
@@ -30,32 +30,19 @@ from torch import nn
 
 from components.attacks.base import NotApplicable
 from components.config import config_from  # noqa: F401  (re-exported: attacks read their params with it)
-from components.metrics.advantage import ratio_to_ceiling
 from components.metrics.embeddings import to_model_tensor
-from components.metrics.reconstruction import (_as_float_images, accept_rate, accepted, evaluation_features,
-                                               judge_threshold, ssim_psnr_each)
+from components.metrics.reconstruction import _as_float_images, reconstruction_measures
 
 __all__ = [
-    "sar_threshold",
     "reconstruction_grid",
     "Targets",
     "target_set",
     "public_set",
-    "reconstruction_measures",
     "frozen",
     "augment",
     "config_from",
     "batched",
 ]
-
-def sar_threshold(evaluation, images: np.ndarray, manifest: pd.DataFrame, far: float = 1e-3,
-                  split: str = "test") -> float:
-    """The judge's cosine threshold at false-match rate `far` over every cross-identity pair
-    of `split`'s images (components.metrics.reconstruction.judge_threshold)."""
-    part = manifest[manifest["split"] == split].sort_values("index")
-    feats = evaluation_features(evaluation, images[part["index"].to_numpy()])
-    return judge_threshold(feats, part["identity"].to_numpy(), far)[0]
-
 
 def _to_uint8_hwc(x) -> np.ndarray:
     if isinstance(x, np.ndarray) and x.dtype == np.uint8:
@@ -138,43 +125,6 @@ def public_set(images: np.ndarray, manifest: pd.DataFrame, holdout: float = 0.1,
     hold = np.sort(rows[perm[:n_hold]])
     train = np.sort(rows[perm[n_hold:]])
     return to_model_tensor(images[train]), to_model_tensor(images[hold]) if n_hold else torch.empty(0)
-
-
-def reconstruction_measures(evaluation, recons: torch.Tensor, targets: Targets, far: float = 1e-3,
-                            bootstrap=None) -> tuple[dict, float, dict]:
-    """(the metrics.json block of a reconstruction attack, the SAR threshold used, the
-    bootstrap replicates of ssim, sar_type2 and advantage when `bootstrap` is given).
-
-    ssim is clipped to [0, 1] (a negative mean SSIM carries no more of the face than 0);
-    psnr_db; sar_type1 / sar_type2 as in `sar`, at the judge's threshold over every
-    cross-identity pair of the targets (the test identities); `sar_ceiling`, the judge's
-    acceptance of each target's genuine partner (what a perfect reconstruction gets), and
-    `advantage` = sar_type2 / sar_ceiling; `impostor_pairs` behind the threshold. Each
-    image's judge features are computed once. Type 2 runs over the targets that have a
-    partner (all of them under the data contract)."""
-    has = np.flatnonzero(targets.partner >= 0)
-    if len(has) == 0:   # cannot happen with the data contract (>= 2 images per identity)
-        raise NotApplicable("no target identity has a second image: SAR type 2 is undefined")
-    s_each, p_each = ssim_psnr_each(recons, targets.images)
-    fs = evaluation_features(evaluation, targets.images)
-    threshold, impostors = judge_threshold(fs, targets.identities, far)
-    fr = evaluation_features(evaluation, recons)
-    s1 = accept_rate(fr, fs, threshold)
-    hit2 = accepted(fr[has], fs[targets.partner[has]], threshold)
-    ceil = accepted(fs[has], fs[targets.partner[has]], threshold)
-    s2, ceiling = float(hit2.mean()), float(ceil.mean())
-    measures = {"ssim": float(min(1.0, max(0.0, s_each.mean()))), "psnr_db": float(p_each.mean()),
-                "sar_type1": float(s1), "sar_type2": s2, "sar_ceiling": ceiling,
-                "advantage": ratio_to_ceiling(s2, ceiling), "impostor_pairs": int(impostors)}
-    replicates = {}
-    if bootstrap is not None:
-        ids = targets.identities
-        r2, rc = bootstrap.mean(hit2, ids[has]), bootstrap.mean(ceil, ids[has])
-        with np.errstate(invalid="ignore", divide="ignore"):
-            adv = np.where(rc > 0, np.clip(r2 / np.where(rc > 0, rc, 1.0), 0.0, 1.0), 0.0)
-        replicates = {"ssim": np.clip(bootstrap.mean(s_each, ids), 0.0, 1.0), "sar_type2": r2,
-                      "advantage": np.where(np.isfinite(rc), adv, np.nan)}
-    return measures, threshold, replicates
 
 
 class frozen:
@@ -318,8 +268,11 @@ def reconstruction_result(ctx, cfg, name: str, data: ReconstructionData, recons:
                           grid_recons: torch.Tensor | None) -> tuple[dict, float, dict, dict]:
     """(measures, SAR threshold, artifacts, bootstrap replicates) of a reconstruction attack;
     the grid shows held-out public images only."""
-    measures, threshold, replicates = reconstruction_measures(ctx.evaluation, recons, data.targets, far=cfg.far,
-                                                              bootstrap=ctx.bootstrap)
+    t = data.targets
+    if not (t.partner >= 0).any():   # cannot happen under the data contract (>= 2 images per identity)
+        raise NotApplicable("no target identity has a second image: SAR type 2 is undefined")
+    measures, threshold, replicates = reconstruction_measures(ctx.evaluation, recons, t.images, t.identities,
+                                                              t.partner, far=cfg.far, bootstrap=ctx.bootstrap)
     workdir = Path(ctx.workdir) if ctx.workdir is not None else Path(tempfile.mkdtemp(prefix=f"privface-{name}-"))
     artifacts = {}
     if grid_recons is not None:

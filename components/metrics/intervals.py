@@ -29,6 +29,8 @@ simulation in tests/unit/test_intervals.py.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Callable
 
 import numpy as np
@@ -52,6 +54,8 @@ class IdentityBootstrap:
         rng = np.random.default_rng(np.random.SeedSequence([int(seed), 0x1D5]))
         self.table = rng.poisson(1.0, size=(int(replicates), self.identities.size)).astype(np.float64)
         self.seed = int(seed)
+        h = hashlib.sha256(json.dumps([self.seed, int(replicates), self.identities.astype(str).tolist()]).encode())
+        self.fingerprint = h.hexdigest()[:16]   # figures are combined replicate by replicate only when equal
 
     @property
     def replicates(self) -> int:

@@ -23,11 +23,12 @@ import torch
 from torch import nn
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from components.metrics.advantage import ratio_to_ceiling
 from components.metrics.embeddings import extract_features, to_model_tensor
 from components.metrics.operating_point import all_pairs_operating_point
 
 __all__ = ["DATA_RANGE", "PSNR_CAP_DB", "ssim_psnr", "ssim_psnr_each", "evaluation_features", "judge_threshold",
-           "accept_rate", "accepted", "sar"]
+           "accept_rate", "accepted", "sar", "sar_threshold", "reconstruction_measures"]
 
 DATA_RANGE = 2.0          # images live in [-1, 1]
 PSNR_CAP_DB = 100.0       # per-image PSNR of identical images (MSE = 0) is capped here, not inf
@@ -129,3 +130,48 @@ def sar(evaluation, recon, sources, others, threshold: float) -> tuple[float, fl
     if others is None:
         return type1, float("nan")
     return type1, accept_rate(fr, evaluation_features(evaluation, others), threshold)
+
+
+def sar_threshold(evaluation, images: np.ndarray, manifest, far: float = 1e-3, split: str = "test") -> float:
+    """The judge's cosine threshold at false-match rate `far` over every cross-identity pair
+    of `split`'s images (`judge_threshold`)."""
+    part = manifest[manifest["split"] == split].sort_values("index")
+    feats = evaluation_features(evaluation, images[part["index"].to_numpy()])
+    return judge_threshold(feats, part["identity"].to_numpy(), far)[0]
+
+
+def reconstruction_measures(evaluation, recons: torch.Tensor, targets: torch.Tensor, identities: np.ndarray,
+                            partner: np.ndarray, far: float = 1e-3, bootstrap=None) -> tuple[dict, float, dict]:
+    """(the metrics.json block of a reconstruction attack, the SAR threshold used, the
+    bootstrap replicates of ssim, sar_type2 and advantage when `bootstrap` is given).
+
+    `recons[i]` reconstructs `targets[i]` (of identity `identities[i]`); `partner[i]` is the
+    position of another target of the same identity (-1: none). ssim is clipped to [0, 1]
+    (a negative mean SSIM carries no more of the face than 0); psnr_db; sar_type1 /
+    sar_type2 as in `sar`, at the judge's threshold over every cross-identity pair of the
+    targets; `sar_ceiling`, the judge's acceptance of each target's genuine partner (what a
+    perfect reconstruction gets), and `advantage` = sar_type2 / sar_ceiling; `impostor_pairs`
+    behind the threshold. Each image's judge features are computed once. ValueError when no
+    target has a partner (SAR type 2 undefined)."""
+    has = np.flatnonzero(partner >= 0)
+    if len(has) == 0:
+        raise ValueError("no target identity has a second image: SAR type 2 is undefined")
+    s_each, p_each = ssim_psnr_each(recons, targets)
+    fs = evaluation_features(evaluation, targets)
+    threshold, impostors = judge_threshold(fs, identities, far)
+    fr = evaluation_features(evaluation, recons)
+    s1 = accept_rate(fr, fs, threshold)
+    hit2 = accepted(fr[has], fs[partner[has]], threshold)
+    ceil = accepted(fs[has], fs[partner[has]], threshold)
+    s2, ceiling = float(hit2.mean()), float(ceil.mean())
+    measures = {"ssim": float(min(1.0, max(0.0, s_each.mean()))), "psnr_db": float(p_each.mean()),
+                "sar_type1": float(s1), "sar_type2": s2, "sar_ceiling": ceiling,
+                "advantage": ratio_to_ceiling(s2, ceiling), "impostor_pairs": int(impostors)}
+    replicates = {}
+    if bootstrap is not None:
+        r2, rc = bootstrap.mean(hit2, identities[has]), bootstrap.mean(ceil, identities[has])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            adv = np.where(rc > 0, np.clip(r2 / np.where(rc > 0, rc, 1.0), 0.0, 1.0), 0.0)
+        replicates = {"ssim": np.clip(bootstrap.mean(s_each, identities), 0.0, 1.0), "sar_type2": r2,
+                      "advantage": np.where(np.isfinite(rc), adv, np.nan)}
+    return measures, threshold, replicates

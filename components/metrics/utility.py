@@ -71,8 +71,8 @@ def evaluate_system(fn, images: np.ndarray, manifest: pd.DataFrame, pairs: pd.Da
     system whose probes differ from its stored templates), pair (a, b) scores
     cos(stored(a), probe(b)) and rank-1 matches probes against stored gallery templates.
     With `bootstrap` (components.metrics.intervals), `ci95` holds the 95% intervals of
-    accuracy, TAR@FAR and rank-1 and `replicates` their bootstrap replicates (lists, for
-    the scores derived from them)."""
+    accuracy, TAR@FAR and rank-1, `replicates` their bootstrap replicates (lists, for the
+    scores derived from them) and `bootstrap` the fingerprint of the weight table."""
     st = split_templates(fn, images, manifest, "test", device=device)
     pt = None if probe_fn is None else split_templates(probe_fn, images, manifest, "test", device=device)
     local = st.local(pairs)
@@ -97,6 +97,7 @@ def evaluate_system(fn, images: np.ndarray, manifest: pd.DataFrame, pairs: pd.Da
                 "rank1": bootstrap.mean(hits, probe_ids)}
         utility["ci95"] = intervals(reps)
         utility["replicates"] = as_lists(reps)
+        utility["bootstrap"] = bootstrap.fingerprint
     return utility, st
 
 

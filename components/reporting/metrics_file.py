@@ -42,6 +42,11 @@ def build_metrics(dataset: dict, results: dict[str, dict], baseline: str = "base
             raise ValueError(f"defense {name!r}: utility lacks {missing}")
         threat_model = dict(r.get("threat_model") or {})
         scores = compute_scores(r.get("attacks", {}), r["utility"], base_utility, threat_model)
+        tables = {r["utility"].get("bootstrap"), base_utility.get("bootstrap"), r.get("bootstrap")} - {None}
+        if len(tables) > 1:
+            raise ValueError(f"defense {name!r}: its figures and the baseline's come from different bootstrap "
+                             f"tables ({sorted(tables)}): materialize its partitions and the baseline's with one "
+                             f"params.yaml (seed, intervals) so that their intervals can be combined")
         ci = score_intervals(r.get("attacks", {}), r["utility"], base_utility, threat_model, r.get("replicates", {}),
                              r["utility"].get("replicates", {}), base_utility.get("replicates", {}))
         if ci:
@@ -79,7 +84,7 @@ def _utility_block(utility: dict, required=UTILITY_KEYS) -> dict:
 
 def write_json(obj: dict, path: str | Path) -> Path:
     """Atomic JSON write: a crash never leaves a half-written metrics file."""
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 ATTACK_COLUMNS = {

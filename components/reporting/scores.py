@@ -95,24 +95,30 @@ def compute_scores(attacks: dict, utility: dict, baseline_utility: dict, threat_
 def score_intervals(attacks: dict, utility: dict, baseline_utility: dict, threat_model: dict | None,
                     attack_replicates: dict, utility_replicates: dict, baseline_replicates: dict) -> dict:
     """{score: [lo, hi]}: `compute_scores` on each bootstrap replicate of its inputs
-    (replicates as lists, {attack: {dotted measure: [...]}} and {utility key: [...]})."""
+    (replicates as lists, {attack: {dotted measure: [...]}} and {utility key: [...]}). A
+    replicate in which an input of a score is undefined gives that score no value (the
+    other scores of the replicate stand)."""
     reps_a = {a: as_arrays(r) for a, r in (attack_replicates or {}).items() if a in attacks and r}
-    reps_u, reps_b = as_arrays(utility_replicates or {}), as_arrays(baseline_replicates or {})
+    used = ("verification_accuracy", "tar_at_far_1e-3")   # what utility_of reads
+    reps_u = {k: v for k, v in as_arrays(utility_replicates or {}).items() if k in used}
+    reps_b = {k: v for k, v in as_arrays(baseline_replicates or {}).items() if k in used}
     sizes = {len(v) for r in (*reps_a.values(), reps_u, reps_b) for v in r.values()}
     if not sizes:
         return {}
     if len(sizes) > 1:
         raise ValueError(f"replicates of different lengths {sorted(sizes)}: figures of one run share one bootstrap")
     n = sizes.pop()
+    in_scope = set((threat_model or {}).get("in_scope") or attacks)
     out: dict[str, list] = {}
     for b in range(n):
-        values = [v[b] for r in (*reps_a.values(), reps_u, reps_b) for v in r.values()]
-        if any(math.isnan(x) for x in values):
-            continue   # a replicate where an input is undefined gives no score
+        bad = {a for a, r in reps_a.items() if any(math.isnan(v[b]) for v in r.values())}
+        bad_utility = any(math.isnan(v[b]) for r in (reps_u, reps_b) for v in r.values())
         a_b = {a: with_values(block, {k: float(v[b]) for k, v in reps_a.get(a, {}).items()})
-               for a, block in attacks.items()}
+               for a, block in attacks.items() if a not in bad}
         u_b = {**utility, **{k: float(v[b]) for k, v in reps_u.items()}}
         base_b = {**baseline_utility, **{k: float(v[b]) for k, v in reps_b.items()}}
         for k, v in compute_scores(a_b, u_b, base_b, threat_model).items():
-            out.setdefault(k, [np.nan] * n)[b] = v
+            undefined = ((k == "utility" and bad_utility) or (k == "privacy_all" and bad)
+                         or (k == "privacy" and bad & in_scope) or (k == "overall" and (bad_utility or bad & in_scope)))
+            out.setdefault(k, [np.nan] * n)[b] = np.nan if undefined else v
     return intervals({k: np.asarray(v) for k, v in out.items()})

@@ -15,7 +15,6 @@ own FR model inherit; seed 0 is the profile as it stands.
 
 from __future__ import annotations
 
-import math
 from statistics import mean, stdev
 
 __all__ = ["seed_overrides", "study_rows", "study_table", "STUDY_FIGURES"]
@@ -33,8 +32,8 @@ STUDY_FIGURES = (
 
 def seed_overrides(k: int, base: dict) -> dict:
     """The params overrides of seed k of a study over the profile's params `base` (seed 0:
-    none, so the study's first run is the profile's own). Later seeds register their models
-    under a prefix of their own, so a study never moves the profile's champions."""
+    none, so the study's first run is the profile's own and may move its champions, as a
+    `privface run` does). Later seeds register their models under a prefix of their own."""
     if k == 0:
         return {}
     return {"seed": int(base["seed"]) + k,
@@ -52,7 +51,8 @@ def _get(block: dict, path: tuple[str, ...]):
 
 def study_rows(runs: list[dict]) -> list[dict]:
     """One row per defense and figure: the figure of each seed's metrics.json, its mean,
-    sample standard deviation (over seeds), min and max. `runs` are metrics.json objects."""
+    sample standard deviation over the seeds (None with one value), min and max. `runs` are
+    metrics.json objects."""
     if not runs:
         raise ValueError("a study needs at least one run")
     defenses = list(dict.fromkeys(d for r in runs for d in r["defenses"]))
@@ -67,7 +67,7 @@ def study_rows(runs: list[dict]) -> list[dict]:
             if not seen:
                 continue
             rows.append({"defense": name, "figure": column, "values": values, "mean": mean(seen),
-                         "sd": stdev(seen) if len(seen) > 1 else math.nan, "min": min(seen), "max": max(seen),
+                         "sd": stdev(seen) if len(seen) > 1 else None, "min": min(seen), "max": max(seen),
                          "seeds": len(seen)})
     return rows
 
@@ -84,7 +84,7 @@ def study_table(rows: list[dict], figures=("accuracy", "tar@far=1e-3", "privacy"
             r = by.get((d, f))
             if r is None:
                 cells.append("n/a")
-            elif math.isnan(r["sd"]):
+            elif r["sd"] is None:
                 cells.append(f"{r['mean']:.3f}")
             else:
                 cells.append(f"{r['mean']:.3f} ± {r['sd']:.3f}")

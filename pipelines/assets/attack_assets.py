@@ -70,7 +70,7 @@ def attack_results(context: dg.AssetExecutionContext, settings: PrivfaceSettings
         "shared_work_reused": dg.MetadataValue.json(shared.hits),
     })
     return {"attacks": measures, "strength": strengths, "not_applicable": not_applicable, "artifacts": artifacts,
-            "replicates": replicates, "data_version": version}
+            "replicates": replicates, "bootstrap": bootstrap.fingerprint, "data_version": version}
 
 
 def shared_attacker_work(settings: PrivfaceSettings, images, manifest, pairs, evaluation) -> SharedWork:

@@ -110,8 +110,9 @@ def protected_system(context: dg.AssetExecutionContext, settings: PrivfaceSettin
     public_x, public_y, _ = split_view(face_dataset.images, manifest, "public")
     baseline: FRModel = from_bundle(baseline_fr_model)
     device = compute.device()
-    ckpt = settings.workdir() / "checkpoints" / "defenses" / name / _fingerprint(
-        face_dataset.version, split_digest(manifest), baseline_fr_model["spec"], params.get(name, {}))
+    ckpt = settings.workdir() / "checkpoints" / "defenses" / name / _fingerprint(   # the seeds too: `run --seed`
+        face_dataset.version, split_digest(manifest), baseline_fr_model["spec"], params.get(name, {}),
+        params["seed"], params["baseline"]["train"])
     with mlflow_tracking.run(context, "protected_system", tags={"defense": name,
                                                                "data_version": face_dataset.version}) as run:
         ctx = DefenseContext(params=params.get(name, {}), train_images=train_x, train_labels=train_y,

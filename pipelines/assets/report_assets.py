@@ -44,6 +44,7 @@ def privacy_utility_report(context: dg.AssetExecutionContext, settings: Privface
                        k: protected_system[d]["mlflow"][k] for k in ("run_id", "model_uri", "model_version")},
                    "not_applicable": attack_results[d]["not_applicable"],
                    "replicates": attack_results[d].get("replicates", {}),
+                   "bootstrap": attack_results[d].get("bootstrap"),
                    "measures": protected_system[d].get("measures", {}),
                    "sweep": defense_sweep.get(d, {})} for d in wanted}
     for r in results.values():   # the operating point is a point of its own sweep when nothing else differs

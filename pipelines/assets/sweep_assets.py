@@ -47,7 +47,8 @@ def defense_sweep(context: dg.AssetExecutionContext, settings: PrivfaceSettings,
     device = compute.device()
     defense_params = deep_merge(params.get(name, {}), sweep.get("params", {}))
     ckpt = settings.workdir() / "checkpoints" / "sweeps" / name / _fingerprint(
-        face_dataset.version, split_digest(manifest), baseline_fr_model["spec"], defense_params)
+        face_dataset.version, split_digest(manifest), baseline_fr_model["spec"], defense_params,
+        params["seed"], params["baseline"]["train"])
     evaluation = from_bundle(evaluation_fr_model)
     shared = shared_attacker_work(settings, face_dataset.images, manifest, pairs, evaluation)
     bootstrap = settings.bootstrap(manifest)

@@ -93,6 +93,7 @@ def test_membership_measures_unit():
     assert "tpr_at_fpr_1e-2" in m and "tpr_at_fpr_1e-3" not in m
     neg = np.sort(s[y == 0])[::-1]
     assert m["tpr_at_fpr_1e-2"] == pytest.approx(np.mean(s[y == 1] > neg[1]))   # 1 of 150 negatives may pass
+    assert "tpr_at_fpr_1e-2" not in membership_measures(y, s, fpr_target=1e-3)   # the rate read, not the key
     with pytest.raises(ValueError):
         membership_measures([1, 1], [0.1, 0.2])
 

@@ -36,13 +36,13 @@ import torch
 from PIL import Image
 
 from components.attacks.base import NotApplicable
-from components.attacks.measures import public_set, reconstruction_grid, sar_threshold, target_set
+from components.attacks.measures import public_set, reconstruction_grid, target_set
 from components.attacks.representation_recovery import ATTACK as RR
 from components.attacks.representation_recovery import RecoveryUNet
 from components.attacks.template_inversion import ATTACK as TI
 from components.defenses.base import ProtectedSystem
 from components.metrics.operating_point import positive_rate_at
-from components.metrics.reconstruction import evaluation_features, sar, ssim_psnr
+from components.metrics.reconstruction import evaluation_features, sar, sar_threshold, ssim_psnr
 
 CONTRACT = {"ssim", "psnr_db", "sar_type1", "sar_type2", "sar_ceiling", "advantage", "impostor_pairs"}
 STRENGTH = {"attacker_images", "epochs", "lr", "architecture", "parameters", "loss"}

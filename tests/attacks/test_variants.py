@@ -5,6 +5,9 @@ Claims a broken variant mechanism or a broken adaptive attacker fails:
   the template decoder trained on stored templates of enrolled public faces reconstructs
   the enrolled faces (SSIM well above the plain decoder's, which meets templates it never
   saw), and the runner reports it as the headline with both variants' figures;
+- on a system whose client quantises every pixel (zero gradient everywhere: shattered
+  gradients), model inversion through a straight-through quantiser (BPDA) recovers the
+  identities where the plain inversion stays at chance;
 - the straight-through clip passes gradients through the clip only inside its block; on a
   system that clips every pixel to a window around the public mean face, model inversion
   from the mean face with a straight-through clip and expectation over draws runs beside
@@ -74,6 +77,29 @@ class WindowClip(ProtectedSystem):
         return self.base.embed(representation)
 
 
+class Quantise(ProtectedSystem):
+    """protect rounds every pixel to a grid of `levels` steps, written as a clip to the
+    point itself (defenses.base.clip with lo = hi = the rounded value): the output is the
+    rounded face, the gradient is 0 everywhere (shattered gradients). Built to fool a
+    gradient-based attacker that does not know the defense."""
+
+    defense = "quantise"
+    clips = True
+
+    def __init__(self, base: ProtectedSystem, levels: int = 8):
+        super().__init__()
+        self.base = base
+        self.head = base.head
+        self.levels = levels
+
+    def protect(self, images):
+        q = torch.round((images.detach() + 1) * self.levels / 2) * 2 / self.levels - 1
+        return clip(images, q, q)
+
+    def embed(self, representation):
+        return self.base.embed(representation)
+
+
 @pytest.fixture(scope="module")
 def baseline(world):
     return world.baseline_system()
@@ -111,6 +137,19 @@ def test_straight_through_clip_passes_gradients_only_inside_its_block():
         y = clip(x, lo, hi)
         (g,) = torch.autograd.grad(y.sum(), [x])
     assert y.tolist() == [-1.0, 0.0, 1.0] and g.tolist() == [1.0, 1.0, 1.0]
+
+
+def test_adaptive_inversion_beats_the_plain_one_on_a_defense_built_to_fool_it(world, baseline, one_thread):
+    """Shattered gradients: through the quantising client the plain inversion gets no
+    gradient from the classifier and stays near chance; the straight-through (BPDA)
+    variant differentiates through the quantiser as if it were the identity and recovers
+    the identities. The runner reports the adaptive one as the headline."""
+    result = run_variants(MI, world.context(Quantise(baseline).eval(), MI_PARAMS))
+    m = result.measures
+    plain, adaptive = m["variants"]["plain"], m["variants"]["adaptive"]
+    assert plain["top1"] <= 3 * m["chance"], plain
+    assert adaptive["top1"] >= plain["top1"] + 5 * m["chance"], (plain, adaptive)
+    assert m["variant"] == "adaptive" and m["advantage"] == adaptive["advantage"]
 
 
 def test_an_adaptive_inversion_runs_on_a_clipping_system_and_the_strongest_leads(window_result):

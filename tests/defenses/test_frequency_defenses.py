@@ -65,6 +65,51 @@ def test_laplace_budget_mean_and_scale():
     assert torch.allclose(out.abs().mean(0), lb.scales().detach(), rtol=0.08)
 
 
+def test_tface_mode_has_sensitivity_one_and_no_clip():
+    """TFace's mechanism: noise scale 1 / eps_i, the representation passes unclipped, and
+    adaptive attackers find no clip to pass straight through."""
+    from components.defenses.base import clips_input
+
+    torch.manual_seed(0)
+    lb = LaplaceBudget((4, 2, 2), eps_mean=4.0, clipped=False)
+    with torch.no_grad():
+        lb.rho.normal_()
+        lb.hi.fill_(0.5)                                               # a range it must ignore
+    assert torch.allclose(lb.scales(), 1.0 / lb.budgets())
+    assert not clips_input(lb) and clips_input(LaplaceBudget((1,), 1.0))
+    x = torch.full((20000, 4, 2, 2), 250.0)                            # far outside [lo, hi]
+    out = lb(x)
+    assert torch.allclose(out.mean(0), torch.full((4, 2, 2), 250.0), atol=0.1)   # not clipped to 0.5
+    assert torch.allclose((out - 250.0).abs().mean(0), lb.scales().detach(), rtol=0.08)
+
+
+def test_tface_noise_lr_falls_tenfold_at_its_stages():
+    from components.defenses.dctdp import DCTDPFront, _NoiseHooks
+
+    hooks = _NoiseHooks(DCTDPFront(2, (189, 8, 8), 4.0, clipped=False), lr=0.1, stages=(10, 18, 22))
+    lrs = {}
+    for step in (0, 9, 10, 17, 18, 22, 30):
+        hooks.transform_batch(None, None, step)
+        lrs[step] = hooks.opt.param_groups[0]["lr"]
+    assert lrs == pytest.approx({0: 0.1, 9: 0.1, 10: 0.01, 17: 0.01, 18: 0.001, 22: 1e-4, 30: 1e-4})
+    assert hooks.config()["stages"] == [10, 18, 22]
+    assert "stages" not in _NoiseHooks(DCTDPFront(2, (189, 8, 8), 4.0), lr=0.01).config()
+
+
+def test_dctdp_tface_mode_builds_reports_its_budget_and_round_trips(world):
+    ctx = _ctx(world, {"mode": "tface", "eps_mean": 4.0, "noise_lr": 0.1, "upsample": 2, "train": {"epochs": 2}})
+    system = get_defense("dctdp").build(ctx)
+    op = system.operating_point()
+    n = 189 * 8 * 8
+    assert op["mode"] == "tface" and op["epsilon_total"] == pytest.approx(4.0 * n)
+    assert system.measures()["epsilon_total"] == pytest.approx(4.0 * n, rel=1e-4)
+    assert not system.front.noise.clips
+    again = get_defense("dctdp").rebuild(system.config())
+    assert not again.front.noise.clips and again.operating_point() == op
+    with pytest.raises(ValueError, match="mode"):
+        get_defense("dctdp").build(_ctx(world, {"mode": "paper"}))
+
+
 def test_dctdp_noise_on_every_forward_and_learned_budget(world, systems):
     s = systems["dctdp"]
     x = to_model_tensor(world.images[:4])

@@ -110,3 +110,27 @@ def test_with_values_copies_on_write():
     out = with_values(block, {"skin.advantage": 0.5, "advantage": 0.5})
     assert out == {"skin": {"advantage": 0.5}, "advantage": 0.5}
     assert block == {"skin": {"advantage": 0.1}, "advantage": 0.1}
+
+
+def test_an_undefined_input_spoils_only_the_scores_that_read_it():
+    """The attribute probe (outside dctdp's threat model) undefined in every replicate:
+    privacy over the attacks in scope keeps its interval, privacy_all has none."""
+    attacks = {"model_inversion": {"advantage": 0.3}, "attribute_inference": {"advantage": 0.1}}
+    reps = {"model_inversion": as_lists({"advantage": np.linspace(0.2, 0.4, 50)}),
+            "attribute_inference": as_lists({"advantage": np.full(50, np.nan)})}
+    base = {"verification_accuracy": 0.9, "tar_at_far_1e-3": 0.5}
+    ci = score_intervals(attacks, base, base, {"in_scope": ["model_inversion"]}, reps, {}, {})
+    assert "privacy" in ci and "privacy_all" not in ci and ci["utility"] == [1.0, 1.0]
+
+
+def test_figures_of_different_bootstrap_tables_are_not_combined():
+    from components.reporting.metrics_file import build_metrics
+
+    utility = {"verification_accuracy": 0.9, "verification_std": 0.01, "tar_at_far_1e-3": 0.5, "eer": 0.1,
+               "rank1": 0.9, "bootstrap": "table-a"}
+    results = {"baseline": {"utility": utility, "attacks": {}},
+               "dctdp": {"utility": {**utility, "bootstrap": "table-b"}, "attacks": {}}}
+    with pytest.raises(ValueError, match="different bootstrap tables"):
+        build_metrics({"name": "x"}, results)
+    results["dctdp"]["utility"]["bootstrap"] = "table-a"
+    assert "bootstrap" not in build_metrics({"name": "x"}, results)["defenses"]["dctdp"]["utility"]
