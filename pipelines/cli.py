@@ -106,8 +106,15 @@ def _settings(args):
                   workdir_override=args.workdir or "", reports_override=args.reports_dir or "",
                   **({"params_path": str(Path(args.params).resolve())} if args.params else {}))
     settings = PrivfaceSettings(**kwargs)
-    overrides = _seed_overrides(args, settings)
-    return PrivfaceSettings(**kwargs, overrides=overrides) if overrides else settings
+    if not int(getattr(args, "seed", 0) or 0):   # seed 0 reads nothing here: a bad params file is precheck's
+        return settings
+    from components.config import ParamsError
+
+    try:
+        overrides = _seed_overrides(args, settings)
+    except ParamsError:   # precheck reports the params file
+        return settings
+    return PrivfaceSettings(**kwargs, overrides=overrides)
 
 
 def _seed_overrides(args, settings) -> str:

@@ -117,6 +117,8 @@ def score_intervals(attacks: dict, utility: dict, baseline_utility: dict, threat
                for a, block in attacks.items() if a not in bad}
         u_b = {**utility, **{k: float(v[b]) for k, v in reps_u.items()}}
         base_b = {**baseline_utility, **{k: float(v[b]) for k, v in reps_b.items()}}
+        if not base_b.get("verification_accuracy", 0.0) > 0.0:   # a replicate that weighs no baseline pair right
+            continue
         for k, v in compute_scores(a_b, u_b, base_b, threat_model).items():
             undefined = ((k == "utility" and bad_utility) or (k == "privacy_all" and bad)
                          or (k == "privacy" and bad & in_scope) or (k == "overall" and (bad_utility or bad & in_scope)))
