@@ -123,7 +123,7 @@ def schema() -> type[BaseModel]:
     defense_models = {n: _from_dataclass(d.config_class) for n, d in DEFENSES.items() if d.config_class}
     sweep_models = {n: create_model(f"{n}Sweep", __config__=STRICT, values=(list[float | str], ...),
                                     attacks=(list[Literal[tuple(ATTACKS)]], None), params=(m, None),
-                                    attack_params=(Attacks, None))
+                                    attack_params=(Attacks, None), series=(dict[str, m], None))
                     for n, m in defense_models.items()}
     Sweeps = create_model("Sweeps", __config__=STRICT, **{n: (m, None) for n, m in sweep_models.items()})
 
@@ -226,6 +226,9 @@ def _blocks(params: dict):
         sweep = (params.get("sweeps") or {}).get(name) or {}
         if sweep.get("params"):
             yield ("sweeps", name, "params"), defense.config_class, deep_merge(block, sweep["params"])
+        for series, overrides in (sweep.get("series") or {}).items():
+            yield (("sweeps", name, "series", series), defense.config_class,
+                   deep_merge(deep_merge(block, sweep.get("params") or {}), overrides or {}))
 
 
 def _built(params: dict) -> list[Problem]:

@@ -9,21 +9,24 @@ TFace `recognition/tasks/dctdp`).
 | TFace: Delta_i = 1, no clip, budget_mean 4 | `mode: tface` |
 | TFace: one noise draw per forward, shared by the batch | one draw per image (the paper's mechanism) |
 | TFace: noise Adam lr 0.1, x 0.1 at epochs 10, 18, 22 of 24 | `mode: tface`: the same fractions of training |
-| (not in the paper) | `mode: project`: clip to the private range [lo_i, hi_i] |
+| (not in the paper) | `mode: project`: clip to the range [lo_i, hi_i] of the public images |
+| budget reported: eps_mean | eps_mean, N and epsilon_total = eps_mean x N (operating point) |
 
-In the project's mode Delta_i = hi_i - lo_i, the range of the private training images, and
-`noise_lr` stays constant. TFace defines an auxiliary loss on the noise scales but never
+In the project's mode Delta_i = hi_i - lo_i, the range of each coefficient over the public
+images (the server's own faces: no statistic of a private face enters the mechanism), and
+`noise_lr` stays constant. The sweep (params `sweeps.dctdp`) runs both modes over the same
+eps values, one curve each. TFace defines an auxiliary loss on the noise scales but never
 adds it to the training loss; neither mode uses one.
 
 rho and mu are learned jointly with the FR loss by their own optimizer; eps_mean is the
 privacy knob (the sweep trains one system per value). The total per-image budget,
 epsilon_total = eps_mean x N (N coefficients), is reported in the operating point. It is
 not a differential-privacy guarantee for the face: in TFace's mode the sensitivity 1 is
-not a bound on how much a coefficient changes between two faces (coefficients span
-hundreds of grey levels), so the guarantee covers a change of one grey level per
-coefficient; in the project's mode the clip makes the bound hold for the clipped
-representation, but the clip ranges come from private images and the budget of one image
-composes over N coefficients.
+not a bound on how much a coefficient changes between two faces (coefficients span many
+times that), so the guarantee covers a change of one unit per coefficient; in the
+project's mode the clip makes the bound hold for the clipped representation, but one
+face's budget composes over its N coefficients (epsilon_total, in the hundreds or
+thousands), which bounds nothing useful about the face.
 """
 
 from __future__ import annotations
@@ -149,8 +152,9 @@ class DCTDPDefense:
         return ThreatModel(("client_representation",), ("representation_recovery", "model_inversion"),
                            "Laplace noise with learned per-element budgets on the block-DCT coefficients the client "
                            "sends; the FR model trains on noised coefficients, so inverting the released model is in "
-                           "scope too. eps_mean is a budget per coefficient of one representation, not a differential "
-                           "privacy guarantee for the face")
+                           "scope too. eps_mean is a budget per coefficient of one representation; the per-face "
+                           "budget epsilon_total = eps_mean x N composes over N coefficients and is not a differential "
+                           "privacy guarantee for the face (tface mode: sensitivity 1 does not bound a coefficient)")
 
     def build(self, ctx: DefenseContext) -> FrequencySystem:
         cfg = config_from(DCTDPConfig, ctx.params)
@@ -161,8 +165,11 @@ class DCTDPDefense:
         probe = DCTDPFront(cfg.upsample, (1,), 1.0)
         channels, grid = representation_grid(probe.clean, ctx.train_images)
         front = DCTDPFront(cfg.upsample, (channels, grid, grid), cfg.eps_mean, clipped=not tface)
-        if not tface:
-            lo, hi = _ranges(front, ctx.train_images)
+        if not tface:   # the public faces set the ranges: nothing private enters the mechanism
+            if len(ctx.public_images) == 0:
+                raise ValueError("dctdp: mode project reads its clip ranges from the public images, and there "
+                                 "are none (data.splits.public); use mode tface or give the split public faces")
+            lo, hi = _ranges(front, ctx.public_images)
             front.noise.lo.copy_(lo)
             front.noise.hi.copy_(hi)
         spec = frequency_spec(ctx.baseline.spec, channels, grid, cfg.backbone)
@@ -187,7 +194,7 @@ class DCTDPDefense:
             "fr_spec": spec, "upsample": cfg.upsample, "shape": [channels, grid, grid], "eps_mean": cfg.eps_mean,
             "mode": cfg.mode,
             "operating_point": {"eps_mean": cfg.eps_mean, "upsample": cfg.upsample, "mode": cfg.mode,
-                                "epsilon_total": cfg.eps_mean * elements},
+                                "elements": elements, "epsilon_total": cfg.eps_mean * elements},
             "measures": measures})
 
     def rebuild(self, config: dict) -> FrequencySystem:

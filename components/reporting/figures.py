@@ -90,7 +90,8 @@ def tradeoff_points(defenses: dict[str, dict], baseline: str = "baseline") -> li
                 continue      # the defense's own point, drawn above with its whole battery
             s = compute_scores(p.get("attacks", {}), p["utility"], base, d.get("threat_model"))
             value = f"{p['value']:g}" if isinstance(p["value"], (int, float)) else str(p["value"])
-            points.append(TradeoffPoint(f"{name} {sweep['knob']}={value}", name, s["utility"], s.get("privacy"),
+            series = f" {p['series']}" if p.get("series") else ""
+            points.append(TradeoffPoint(f"{name}{series} {sweep['knob']}={value}", name, s["utility"], s.get("privacy"),
                                         sweep=True, attacks=tuple(sorted(p.get("attacks", {})))))
     return points
 
@@ -307,7 +308,8 @@ def sweep_series(attack: str, measures: dict) -> dict[str, float]:
 
 def sweep_plot(sweeps: dict[str, dict], path: str | Path) -> Path:
     """One panel per swept defense: verification accuracy against the success of each
-    attack the sweep targets (lower is more private), points labelled by the knob value."""
+    attack the sweep targets (lower is more private), points labelled by the knob value;
+    one curve per measure and, where the sweep names series, per series."""
     swept = {d: s for d, s in sweeps.items() if s.get("points")}
     n = max(1, len(swept))
     fig = Figure(figsize=(4.2 * n, 3.6))
@@ -319,6 +321,7 @@ def sweep_plot(sweeps: dict[str, dict], path: str | Path) -> Path:
         for p in s["points"]:
             for attack, measures in sorted(p.get("attacks", {}).items()):
                 for label, x in sweep_series(attack, measures).items():
+                    label = f"{p['series']}: {label}" if p.get("series") else label
                     series.setdefault(label, []).append((x, p["utility"]["verification_accuracy"], p["value"]))
         for label, pts in sorted(series.items()):
             ax.plot([x for x, _, _ in pts], [y for _, y, _ in pts], marker="o", label=label)

@@ -65,7 +65,7 @@ def build_metrics(dataset: dict, results: dict[str, dict], baseline: str = "base
             entry["measures"] = dict(r["measures"])     # what the defense measured while building
         if r.get("sweep", {}).get("points"):
             entry["sweep"] = {"knob": r["sweep"]["knob"], "points": [
-                {k: p[k] for k in ("value", "operating_point", "attacks", "measures", "source") if k in p}
+                {k: p[k] for k in ("value", "series", "operating_point", "attacks", "measures", "source") if k in p}
                 | {"utility": _utility_block(p["utility"], required=())}
                 for p in r["sweep"]["points"]]}
         defenses[name] = entry

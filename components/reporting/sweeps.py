@@ -5,8 +5,8 @@ measured the same way when the sweep changes nothing but the knob (no `params` o
 for the sweep points, no `attack_params` override for its attacks): the battery already
 built and attacked that point. Drawing it on the sweep's curve costs nothing; building it
 again would cost a whole defense build and attack (the demo's time budget, DESIGN.md 9).
-When the sweep does override something (e.g. shorter training for its points), the
-operating point is not on the same curve and is left out."""
+When the sweep does override something (e.g. shorter training for its points, or
+named series), the operating point is not on the same curve and is left out."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ def with_operating_point(sweep: dict, result: dict) -> dict:
     measures)."""
     knob, points = sweep.get("knob"), list(sweep.get("points") or [])
     op = dict(result.get("params") or {})
-    if not points or not knob or knob not in op or sweep.get("params") or sweep.get("attack_params"):
+    if not points or not knob or knob not in op or sweep.get("params") or sweep.get("attack_params") \
+            or sweep.get("series"):
         return sweep
     value = op[knob]
     if any(p["value"] == value for p in points):

@@ -2,8 +2,10 @@
 defense's privacy knob (params `sweeps.<defense>`), each measured for utility and by the
 attacks that target what the defense protects. `sweeps.<defense>.params` is merged over the
 defense's own block for the sweep points only (e.g. shorter training, to fit the demo's
-time budget); it is logged and reported with the points. Partitions without a sweep return
-an empty record at once."""
+time budget); it is logged and reported with the points. `sweeps.<defense>.series` names
+further overrides, each swept over the same values as a curve of its own (e.g. dctdp's two
+modes); each point then carries its `series`. Partitions without a sweep return an empty
+record at once."""
 
 
 import dagster as dg
@@ -45,10 +47,8 @@ def defense_sweep(context: dg.AssetExecutionContext, settings: PrivfaceSettings,
     train_x, train_y, _ = split_view(face_dataset.images, manifest, "train")
     public_x, public_y, _ = split_view(face_dataset.images, manifest, "public")
     device = compute.device()
-    defense_params = deep_merge(params.get(name, {}), sweep.get("params", {}))
-    ckpt = settings.workdir() / "checkpoints" / "sweeps" / name / _fingerprint(
-        face_dataset.version, split_digest(manifest), baseline_fr_model["spec"], defense_params,
-        params["seed"], params["baseline"]["train"])
+    base_params = deep_merge(params.get(name, {}), sweep.get("params", {}))
+    series = {k: deep_merge(base_params, v or {}) for k, v in (sweep.get("series") or {}).items()} or {"": base_params}
     evaluation = from_bundle(evaluation_fr_model)
     shared = shared_attacker_work(settings, face_dataset.images, manifest, pairs, evaluation)
     bootstrap = settings.bootstrap(manifest)
@@ -60,46 +60,57 @@ def defense_sweep(context: dg.AssetExecutionContext, settings: PrivfaceSettings,
     points = []
     with mlflow_tracking.run(context, "defense_sweep", tags={"defense": name}):
         log_params({"knob": knob, "values": values, "attacks": attack_names,
-                    "attack_params": sweep.get("attack_params", {}), "params": sweep.get("params", {})})
-        ctx = DefenseContext(params=defense_params, train_images=train_x, train_labels=train_y,
-                             public_images=public_x, public_labels=public_y,
-                             baseline=from_bundle(baseline_fr_model),
-                             train_attributes=split_attributes(manifest, "train"),
-                             public_attributes=split_attributes(manifest, "public"),
-                             device=device, checkpoint_dir=ckpt, progress=settings.progress, seed=params["seed"],
-                             extra={"baseline_train": params["baseline"]["train"]})
-        for step, (value, system) in enumerate(zip(values, sweep_systems(defense, ctx, values))):
-            system = system.to("cpu").eval()
-            utility, _ = evaluate_system(system, face_dataset.images, manifest, pairs, device="cpu",
-                                         probe_fn=system.probe if system.has_probe else None, bootstrap=bootstrap)
-            attacks, strength = {}, {}
-            for attack_name in attack_names:
-                attack = ATTACKS[attack_name]
-                if attack.applies_to(system):
-                    continue
-                attack_params = all_attack_params.get(attack_name, {})
-                actx = AttackContext(defense=name, system=system, images=face_dataset.images, manifest=manifest,
-                                     pairs=pairs, evaluation=evaluation, params=attack_params, device=device,
-                                     workdir=settings.workdir() / "sweeps" / name / f"{knob}={value}" / attack_name,
-                                     seed=params["seed"], progress=settings.progress, shared=shared,
-                                     bootstrap=bootstrap, extra={"attack_params": all_attack_params})
-                try:
-                    result = run_variants(attack, actx)
-                except NotApplicable:
-                    continue
-                attacks[attack_name], strength[attack_name] = result.measures, result.strength
-            point = {"value": value, "operating_point": system.operating_point(), "utility": utility,
-                     "attacks": attacks, "strength": strength, "measures": system.measures()}
-            points.append(point)
-            mlflow.log_metric("sweep_verification_accuracy", utility["verification_accuracy"], step=step)
-            for attack_name, m in attacks.items():
-                for k, v in m.items():
-                    if isinstance(v, (int, float)):
-                        mlflow.log_metric(f"sweep_{attack_name}.{k}", float(v), step=step)
-            context.log.info(f"{name} sweep {knob}={value}: accuracy {utility['verification_accuracy']:.4f}, "
-                             f"attacks {attacks}")
+                    "attack_params": sweep.get("attack_params", {}), "params": sweep.get("params", {}),
+                    "series": sweep.get("series", {})})
+        step = 0
+        for label, defense_params in series.items():
+            ckpt = settings.workdir() / "checkpoints" / "sweeps" / name / _fingerprint(
+                face_dataset.version, split_digest(manifest), baseline_fr_model["spec"], defense_params,
+                params["seed"], params["baseline"]["train"])
+            ctx = DefenseContext(params=defense_params, train_images=train_x, train_labels=train_y,
+                                 public_images=public_x, public_labels=public_y,
+                                 baseline=from_bundle(baseline_fr_model),
+                                 train_attributes=split_attributes(manifest, "train"),
+                                 public_attributes=split_attributes(manifest, "public"),
+                                 device=device, checkpoint_dir=ckpt, progress=settings.progress, seed=params["seed"],
+                                 extra={"baseline_train": params["baseline"]["train"]})
+            for value, system in zip(values, sweep_systems(defense, ctx, values)):
+                system = system.to("cpu").eval()
+                utility, _ = evaluate_system(system, face_dataset.images, manifest, pairs, device="cpu",
+                                             probe_fn=system.probe if system.has_probe else None,
+                                             bootstrap=bootstrap)
+                workdir = settings.workdir() / "sweeps" / name / label / f"{knob}={value}"
+                attacks, strength = {}, {}
+                for attack_name in attack_names:
+                    attack = ATTACKS[attack_name]
+                    if attack.applies_to(system):
+                        continue
+                    actx = AttackContext(defense=name, system=system, images=face_dataset.images, manifest=manifest,
+                                         pairs=pairs, evaluation=evaluation,
+                                         params=all_attack_params.get(attack_name, {}), device=device,
+                                         workdir=workdir / attack_name, seed=params["seed"],
+                                         progress=settings.progress, shared=shared, bootstrap=bootstrap,
+                                         extra={"attack_params": all_attack_params})
+                    try:
+                        result = run_variants(attack, actx)
+                    except NotApplicable:
+                        continue
+                    attacks[attack_name], strength[attack_name] = result.measures, result.strength
+                point = {"value": value, "operating_point": system.operating_point(), "utility": utility,
+                         "attacks": attacks, "strength": strength, "measures": system.measures(),
+                         **({"series": label} if label else {})}
+                points.append(point)
+                mlflow.log_metric("sweep_verification_accuracy", utility["verification_accuracy"], step=step)
+                for attack_name, m in attacks.items():
+                    for k, v in m.items():
+                        if isinstance(v, (int, float)):
+                            mlflow.log_metric(f"sweep_{attack_name}.{k}", float(v), step=step)
+                step += 1
+                context.log.info(f"{name} sweep {label + ' ' if label else ''}{knob}={value}: accuracy "
+                                 f"{utility['verification_accuracy']:.4f}, attacks {attacks}")
     context.add_output_metadata({"points": len(points), "knob": knob,
                                  "shared_work_reused": dg.MetadataValue.json(shared.hits),
                                  "sweep": dg.MetadataValue.json(points)})
     return {"knob": knob, "points": points, "attacks": attack_names, "params": sweep.get("params", {}),
-            "attack_params": sweep.get("attack_params", {}), "data_version": version}
+            "attack_params": sweep.get("attack_params", {}), "series": sweep.get("series", {}),
+            "data_version": version}

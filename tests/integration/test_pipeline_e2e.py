@@ -175,6 +175,11 @@ def test_frequency_defense_partition_with_sweep(tmp_path, ci_data, dagster_home,
     metrics = json.loads((tmp / "reports" / "metrics.json").read_text())
     d = metrics["defenses"]["dctdp"]
     assert d["params"]["eps_mean"] > 0 and set(d["utility"]) == CONTRACT_UTILITY | {"impostor_pairs", "ci95"}
+    # the per-face budget it spends: eps_mean per coefficient over N coefficients, and what it is not
+    assert d["params"]["mode"] == "project" and d["params"]["elements"] == 189 * 8 * 8
+    assert d["params"]["epsilon_total"] == pytest.approx(d["params"]["eps_mean"] * d["params"]["elements"])
+    html = (tmp / "reports" / "report.html").read_text()
+    assert "epsilon_total" in html and "not a differential privacy guarantee" in html
     assert "representation_recovery" in d["attacks"] and "template_inversion" in d["attacks"]
     # its threat model: privacy over recovery and inversion, privacy_all over the whole battery
     assert d["threat_model"]["in_scope"] == ["representation_recovery", "model_inversion"]
@@ -185,9 +190,12 @@ def test_frequency_defense_partition_with_sweep(tmp_path, ci_data, dagster_home,
     assert d["scores"]["privacy_all"] <= d["scores"]["privacy"] + 1e-12
     assert d["measures"]["eps_max"] >= d["measures"]["eps_min"] > 0
     sweep = d["sweep"]
-    assert sweep["knob"] == "eps_mean" and [p["value"] for p in sweep["points"]] == [1.0, 50.0]
+    # one curve per mode (params sweeps.dctdp.series), each over the same values
+    assert sweep["knob"] == "eps_mean" and [(p["series"], p["value"]) for p in sweep["points"]] == [
+        ("project", 1.0), ("project", 50.0), ("tface", 1.0), ("tface", 50.0)]
     for point in sweep["points"]:
         assert point["operating_point"]["eps_mean"] == point["value"]
+        assert point["operating_point"]["mode"] == point["series"]
         assert 0.0 <= point["attacks"]["representation_recovery"]["ssim"] <= 1.0
         assert "ci95" in point["attacks"]["representation_recovery"] and "replicates" not in point["utility"]
     assert (tmp / "reports" / "sweeps.png").is_file()
@@ -196,7 +204,7 @@ def test_frequency_defense_partition_with_sweep(tmp_path, ci_data, dagster_home,
     assert client.get_model_version_by_alias(registered("dctdp", ci_data), "champion").version == int(d["mlflow"]["model_version"])
     exp = client.get_experiment_by_name("privface")
     runs = client.search_runs([exp.experiment_id], filter_string="tags.asset = 'defense_sweep' and tags.partition = 'dctdp'")
-    assert len(runs) == 1 and len(client.get_metric_history(runs[0].info.run_id, "sweep_verification_accuracy")) == 2
+    assert len(runs) == 1 and len(client.get_metric_history(runs[0].info.run_id, "sweep_verification_accuracy")) == 4
 
 
 def test_definitions_validate(dagster_home):

@@ -81,6 +81,8 @@ def test_overrides_a_missing_key_and_yaml_syntax_are_reported(tmp_path):
     with pytest.raises(ParamsError, match=r"sweeps.dctdp.attacks.0: expected 'template_inversion'.*"
                                           r"found 'nope' \(set by the command's overrides\)"):
         load_params(ROOT / "params.yaml", "demo", {"sweeps": {"dctdp": {"attacks": ["nope"]}}})
+    with pytest.raises(ParamsError, match=r"sweeps.dctdp.series.tface.mode: expected 'project' or 'tface'"):
+        load_params(ROOT / "params.yaml", "demo", {"sweeps": {"dctdp": {"series": {"tface": {"mode": "paper"}}}}})
     params = _edited(tmp_path, "    split_seed: 0\n", "")
     missing = r"line \d+: defaults.data.split_seed: expected a value \(the key is missing\)"
     with pytest.raises(ParamsError, match=missing):

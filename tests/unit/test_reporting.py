@@ -294,3 +294,43 @@ def test_operating_point_joins_its_sweep_only_when_the_sweep_overrides_nothing()
     assert len(with_operating_point({**sweep, "attack_params": {"x": {"epochs": 1}}}, result)["points"]) == 2
     assert len(with_operating_point(sweep, {**result, "params": {"lam": 6.0}})["points"]) == 2   # already there
     assert len(with_operating_point(sweep, {**result, "attacks": {}})["points"]) == 2             # not measured
+    assert len(with_operating_point({**sweep, "series": {"a": {}}}, result)["points"]) == 2     # several curves
+
+
+def test_sweep_series_keep_their_names_in_metrics_trade_off_and_plot(tmp_path, monkeypatch):
+    """A sweep with series (dctdp's two modes) keeps one curve per series: each point's
+    series reaches metrics.json, labels the trade-off point and splits the plot's lines."""
+    from matplotlib.figure import Figure
+
+    from components.reporting import figures
+
+    points = [{"value": v, "series": mode, "operating_point": {"eps_mean": v, "mode": mode},
+               "utility": _utility(acc), "attacks": {"representation_recovery": {**RR, "ssim": ssim}}}
+              for mode, v, acc, ssim in (("project", 2.0, 0.6, 0.1), ("project", 50.0, 0.9, 0.5),
+                                         ("tface", 2.0, 0.7, 0.3), ("tface", 50.0, 0.92, 0.8))]
+    results = {"baseline": {"utility": _utility(0.95), "attacks": {"representation_recovery": RR}},
+               "dctdp": {"utility": _utility(0.9), "attacks": {"representation_recovery": RR},
+                         "sweep": {"knob": "eps_mean", "points": points}}}
+    defenses = build_metrics({"name": "x", "version": "v", "identities": 2, "images": 4}, results)["defenses"]
+    assert [p["series"] for p in defenses["dctdp"]["sweep"]["points"]] == ["project", "project", "tface", "tface"]
+    labels = {p.label for p in tradeoff_points(defenses) if p.sweep}
+    assert labels == {"dctdp project eps_mean=2", "dctdp project eps_mean=50", "dctdp tface eps_mean=2",
+                      "dctdp tface eps_mean=50"}
+    drawn = {}
+
+    class Spy(Figure):
+        def subplots(self, *a, **k):
+            axes = super().subplots(*a, **k)
+            for ax in axes.flat:
+                original = ax.plot
+
+                def plot(xs, ys, *pa, _original=original, **pk):
+                    drawn[pk.get("label")] = (list(xs), list(ys))
+                    return _original(xs, ys, *pa, **pk)
+                ax.plot = plot
+            return axes
+
+    monkeypatch.setattr(figures, "Figure", Spy)
+    figures.sweep_plot({"dctdp": defenses["dctdp"]["sweep"]}, tmp_path / "s.png")
+    assert drawn == {"project: recovery SSIM": ([0.1, 0.5], [0.6, 0.9]),
+                     "tface: recovery SSIM": ([0.3, 0.8], [0.7, 0.92])}
