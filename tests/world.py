@@ -16,9 +16,24 @@ from components.attacks.base import AttackContext
 from components.data.ingest import load_image_folder
 from components.data.splits import assign_splits, make_pairs
 from components.data.synthetic import SyntheticConfig, write_dataset
-from components.data.views import split_view
-from components.defenses import DefenseContext, get_defense
+from components.data.views import split_attributes, split_view
+from components.defenses import DefenseContext, get_defense, load_system, system_bundle
 from components.models.fr_model import FRModel, make_spec, train_fr_model
+
+
+DEFENSE_TRAIN = {"epochs": 8, "batch_size": 48, "lr": 0.1, "warmup_epochs": 1}
+
+
+def round_trips(system, x: torch.Tensor, atol: float = 1e-5):
+    """The system saved and loaded gives the same templates for model-ready images `x`
+    under the same random draws; returns the loaded system."""
+    again = load_system(system_bundle(system))
+    torch.manual_seed(3)
+    t1 = system(x)
+    torch.manual_seed(3)
+    t2 = again(x)
+    assert torch.allclose(t1, t2, atol=atol)
+    return again
 
 
 @dataclass
@@ -33,6 +48,16 @@ class World:
         return AttackContext(defense=defense, system=system, images=self.images, manifest=self.manifest,
                              pairs=self.pairs, evaluation=self.evaluation, params=params or {},
                              workdir=tmp_path, seed=0, progress=False)
+
+    def defense_context(self, params: dict, checkpoint_dir=None, baseline_train: dict | None = None) -> DefenseContext:
+        """A DefenseContext on this world's train and public splits (seed 0, no progress bars);
+        `baseline_train` is what a defense's `train` block is merged over."""
+        tx, ty, _ = split_view(self.images, self.manifest, "train")
+        px, py, _ = split_view(self.images, self.manifest, "public")
+        return DefenseContext(params=params, train_images=tx, train_labels=ty, public_images=px, public_labels=py,
+                              baseline=self.baseline, train_attributes=split_attributes(self.manifest, "train"),
+                              public_attributes=split_attributes(self.manifest, "public"), progress=False, seed=0,
+                              checkpoint_dir=checkpoint_dir, extra={"baseline_train": baseline_train or DEFENSE_TRAIN})
 
     def baseline_system(self):
         tx, ty, _ = split_view(self.images, self.manifest, "train")

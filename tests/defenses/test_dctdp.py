@@ -9,22 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from components.data.views import split_view
-from components.defenses import DefenseContext, get_defense
+from components.defenses import get_defense
 from components.defenses.dctdp import DCTDPFront, _ranges
 
-TRAIN = {"epochs": 1, "batch_size": 48, "lr": 0.1, "warmup_epochs": 0}
 
-
-def _ctx(world, params):
-    tx, ty, _ = split_view(world.images, world.manifest, "train")
-    px, py, _ = split_view(world.images, world.manifest, "public")
-    return DefenseContext(params=params, train_images=tx, train_labels=ty, public_images=px, public_labels=py,
-                          baseline=world.baseline, progress=False, seed=0, extra={"baseline_train": TRAIN})
+def _ctx(world, params, tmp_path=None):
+    return world.defense_context(params, tmp_path)
 
 
 def test_project_mode_clips_to_the_public_range_not_the_private_one(world):
-    ctx = _ctx(world, {"mode": "project", "eps_mean": 20.0, "upsample": 2, "train": {"epochs": 1}})
+    ctx = _ctx(world, {"mode": "project", "eps_mean": 20.0, "upsample": 2, "train": {"epochs": 1, "warmup_epochs": 0}})
     system = get_defense("dctdp").build(ctx)
     probe = DCTDPFront(2, (189, 8, 8), 1.0)
     public_lo, public_hi = _ranges(probe, ctx.public_images)
@@ -38,7 +32,7 @@ def test_project_mode_clips_to_the_public_range_not_the_private_one(world):
 
 
 def test_project_mode_without_public_faces_is_refused_with_a_clear_error(world):
-    ctx = _ctx(world, {"mode": "project", "train": {"epochs": 1}})
+    ctx = _ctx(world, {"mode": "project", "train": {"epochs": 1, "warmup_epochs": 0}})
     empty = dataclasses.replace(ctx, public_images=np.zeros((0, *ctx.train_images.shape[1:]), np.uint8),
                                 public_labels=np.zeros(0, np.int64))
     with pytest.raises(ValueError, match="public images"):

@@ -9,22 +9,16 @@ import pytest
 import torch
 
 from components.attacks import ATTACKS
-from components.data.views import split_attributes, split_view
-from components.defenses import DefenseContext, get_defense, load_system, sweep_systems, system_bundle
+from components.defenses import get_defense, sweep_systems
 from components.defenses.dctdp import LaplaceBudget
 from components.metrics.embeddings import to_model_tensor
 from components.metrics.utility import evaluate_system
 
-TRAIN = {"epochs": 8, "batch_size": 48, "lr": 0.1, "warmup_epochs": 1}
+from tests.world import round_trips
 
 
 def _ctx(world, params, tmp_path=None):
-    tx, ty, _ = split_view(world.images, world.manifest, "train")
-    px, py, _ = split_view(world.images, world.manifest, "public")
-    return DefenseContext(params=params, train_images=tx, train_labels=ty, public_images=px, public_labels=py,
-                          baseline=world.baseline, train_attributes=split_attributes(world.manifest, "train"),
-                          public_attributes=split_attributes(world.manifest, "public"), progress=False, seed=0,
-                          checkpoint_dir=tmp_path, extra={"baseline_train": TRAIN})
+    return world.defense_context(params, tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -128,13 +122,7 @@ def test_utility_and_round_trip(world, systems, name):
     base = _accuracy(world, world.baseline_system())
     assert acc > 0.6, f"{name} verification accuracy {acc:.3f}"       # useful (chance 0.5)
     assert acc > base - 0.2
-    again = load_system(system_bundle(s))
-    x = to_model_tensor(world.images[:5])
-    torch.manual_seed(3)
-    t1 = s(x)
-    torch.manual_seed(3)
-    t2 = again(x)
-    assert torch.allclose(t1, t2, atol=1e-5)
+    round_trips(s, to_model_tensor(world.images[:5]))
 
 
 @pytest.mark.parametrize("name", ["dctdp"])

@@ -8,21 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from components.data.views import split_attributes, split_view
-from components.defenses import DefenseContext, get_defense, load_system, system_bundle
+from components.data.views import split_view
+from components.defenses import get_defense
 from components.defenses.hybrid import HybridConfig, HybridHooks, StrategyNet, k_measures, mix
 from components.metrics.embeddings import to_model_tensor
 
-TRAIN = {"epochs": 8, "batch_size": 48, "lr": 0.1, "warmup_epochs": 1}
+from tests.world import round_trips
 
 
 def _ctx(world, params, tmp_path=None):
-    tx, ty, _ = split_view(world.images, world.manifest, "train")
-    px, py, _ = split_view(world.images, world.manifest, "public")
-    return DefenseContext(params=params, train_images=tx, train_labels=ty, public_images=px, public_labels=py,
-                          baseline=world.baseline, train_attributes=split_attributes(world.manifest, "train"),
-                          public_attributes=split_attributes(world.manifest, "public"), progress=False, seed=0,
-                          checkpoint_dir=tmp_path, extra={"baseline_train": TRAIN})
+    return world.defense_context(params, tmp_path)
 
 
 # with the full ArcFace margin toward every mixed face: on this tiny world (4 images per
@@ -174,9 +169,7 @@ def test_learns_its_identities_and_round_trips(world, hybrid):
     with torch.no_grad():
         top1 = (s.logits(to_model_tensor(tx)).argmax(1).numpy() == ty).mean()
     assert top1 > 3 / (ty.max() + 1), f"train top-1 {top1:.3f} (chance {1 / (ty.max() + 1):.3f})"
-    again = load_system(system_bundle(s))
-    x = to_model_tensor(world.images[:5])
-    assert torch.allclose(s(x), again(x), atol=1e-5)
+    round_trips(s, to_model_tensor(world.images[:5]))
 
 
 def test_resume_from_checkpoint_gives_the_same_system(world, hybrid):

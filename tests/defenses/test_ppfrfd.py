@@ -11,24 +11,20 @@ import pytest
 import torch
 
 from components.attacks import ATTACKS
-from components.data.views import split_attributes, split_view
-from components.defenses import DefenseContext, get_defense, load_system, system_bundle
+from components.data.views import split_view
+from components.defenses import get_defense
 from components.defenses.ppfrfd import (PPFRFDConfig, ac_shares, energy_shares, removal_measures, select_channels,
                                         select_prefix, shuffle_mix, standardise, train_gates)
 from components.freq import DC_CHANNELS, BlockDCT
 from components.metrics.embeddings import to_model_tensor
+from tests.world import round_trips
+
 KNOB = 0.9
 PARAMS = {"analysis_epochs": 2, "upsample": 4, "energy_removed": KNOB, "train": {"epochs": 12}}
-TRAIN = {"epochs": 8, "batch_size": 48, "lr": 0.1, "warmup_epochs": 1}
 
 
-def _ctx(world, params):
-    tx, ty, _ = split_view(world.images, world.manifest, "train")
-    px, py, _ = split_view(world.images, world.manifest, "public")
-    return DefenseContext(params=params, train_images=tx, train_labels=ty, public_images=px, public_labels=py,
-                          baseline=world.baseline, train_attributes=split_attributes(world.manifest, "train"),
-                          public_attributes=split_attributes(world.manifest, "public"), progress=False, seed=0,
-                          extra={"baseline_train": TRAIN})
+def _ctx(world, params, tmp_path=None):
+    return world.defense_context(params, tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -157,14 +153,7 @@ def test_utility_and_round_trip(world, systems, masking):
     chance = 1 / (ty.max() + 1)
     bar = 0.5 if masking == "standardise" else 3 * chance   # a fresh shuffle per image learns slowly: 12 epochs
     assert top1 > bar, f"ppfrfd ({masking}) train top-1 {top1:.3f} (chance {chance:.3f})"
-    again = load_system(system_bundle(s))
-    assert again.front.masking == masking
-    x = to_model_tensor(world.images[:5])
-    torch.manual_seed(3)
-    t1 = s(x)
-    torch.manual_seed(3)
-    t2 = again(x)
-    assert torch.allclose(t1, t2, atol=1e-5)
+    assert round_trips(s, to_model_tensor(world.images[:5])).front.masking == masking
 
 
 def test_battery_runs_on_ppfrfd(world, systems, tmp_path):
