@@ -6,8 +6,9 @@ faces; the classifier never sees a single training face, only masked mixtures.
 
 | step      | paper (arXiv 2403.10558)              | here                                              |
 |-----------|---------------------------------------|---------------------------------------------------|
-| masking   | PPFR-FD: block DCT, channel selection,| the same: ppfrfd's `analyse` and `ChannelMask`    |
-|           | fast masking                          |                                                   |
+| masking   | PPFR-FD: block DCT, channel selection,| the same: ppfrfd's `analyse` (AC-energy prefix    |
+|           | fast masking                          | cut) and `ChannelMask`, ppfrfd's defaults, so the |
+|           |                                       | two defenses keep the same channels               |
 | mixing    | frequency-domain MixUp of k masked    | per sample i: itself and k_i - 1 others of the    |
 |           | faces, labels mixed alike             | batch, weights Dirichlet(alpha 1_{k_i}) zero-     |
 |           |                                       | filled to k_max, soft label by the same weights   |
@@ -69,11 +70,13 @@ MIX_MARGINS = ("weighted", "each", "none")
 
 @dataclass
 class HybridConfig:
+    # the masking step: ppfrfd's knobs and defaults (components.defenses.ppfrfd.PPFRFDConfig)
     upsample: int = 4
-    energy_removed: float = 0.9
-    max_channels: int = 64
+    energy_removed: float = 0.99
+    max_channels: int = 189
     w_vis: float = 5.0
     analysis_epochs: int = 3
+    masking: Literal["standardise", "shuffle_mix"] = "standardise"
     k_min: int = 2
     k_max: int = 6
     k_fixed: int | None = None      # every sample mixes k_fixed faces, the policy out of play; None: the policy chooses
@@ -249,7 +252,7 @@ class HybridDefense:
             raise ValueError(f"hybrid: mix_margin must be one of {MIX_MARGINS}, got {cfg.mix_margin!r}")
         torch.manual_seed(ctx.seed)
         keep, measures = analyse(ctx, cfg)
-        front = ChannelMask(cfg.upsample, keep)
+        front = ChannelMask(cfg.upsample, keep, cfg.masking)
         grid = front.dct.grid(*ctx.train_images.shape[1:3])[0]
         spec = frequency_spec(ctx.baseline.spec, front.channels, grid, cfg.backbone)
         policy = StrategyNet(front.channels, cfg.k_min, cfg.k_max)
@@ -266,7 +269,7 @@ class HybridDefense:
             measures["policy_final"] = {str(cfg.k_min + i): float(p) for i, p in enumerate(probs)}
         return system("hybrid", front, model, spec, cfg, keep, measures,
                       extra_op={"k_range": [cfg.k_fixed] * 2 if cfg.k_fixed is not None else [cfg.k_min, cfg.k_max],
-                                "alpha": cfg.alpha})
+                                "alpha": cfg.alpha, "masking": cfg.masking})
 
     def rebuild(self, config: dict) -> FrequencySystem:
         return rebuild_masked("hybrid", config)

@@ -37,9 +37,8 @@ invert by training through it, adding nothing to standardisation, so it is not o
 erases per-channel amplitudes and offsets, not the spatial pattern of a channel, and the
 representation-recovery attack measures what survives.
 
-`analyse(ctx, cfg, energy="total")`, the form that components.defenses.hybrid calls, keeps
-the earlier rule (share of the total energy, channels that do not fit skipped, DC gated
-on during analysis) so hybrid's mask is unchanged until hybrid opts in with `energy="ac"`.
+`analyse` is also hybrid's masking step (components.defenses.hybrid): with the same
+analysis settings, seed and knob the two defenses keep the same channels.
 """
 
 from __future__ import annotations
@@ -60,7 +59,6 @@ from components.metrics.embeddings import to_model_tensor
 from components.training.loop import TrainHooks
 
 MASKINGS = ("standardise", "shuffle_mix")
-ENERGY_BASES = ("ac", "total")
 
 
 @dataclass
@@ -186,26 +184,6 @@ def ac_shares(share: torch.Tensor) -> torch.Tensor:
     return ac / ac.sum()
 
 
-def select_channels(gates: torch.Tensor, share: torch.Tensor, energy_removed: float, max_channels: int) -> list[int]:
-    """The earlier rule (hybrid's): non-DC channels in decreasing gate order, a channel
-    that would take the kept share past 1 - energy_removed skipped, at most max_channels
-    (returned sorted)."""
-    budget = 1.0 - energy_removed
-    kept, used = [], 0.0
-    for c in torch.argsort(gates, descending=True).tolist():
-        if c in DC_CHANNELS:
-            continue
-        if used + float(share[c]) > budget:
-            continue
-        kept.append(c)
-        used += float(share[c])
-        if len(kept) >= max_channels:
-            break
-    if not kept:
-        raise ValueError(f"no channel fits an energy budget of {budget:.3f}; lower energy_removed")
-    return sorted(kept)
-
-
 def select_prefix(gates: torch.Tensor, share: torch.Tensor, energy_removed: float, max_channels: int) -> list[int]:
     """ppfrfd's rule: non-DC channels in decreasing gate order; the selection ends at the
     first channel that would take the kept share past 1 - energy_removed, or at
@@ -226,18 +204,16 @@ def select_prefix(gates: torch.Tensor, share: torch.Tensor, energy_removed: floa
     return sorted(kept)
 
 
-def train_gates(ctx: DefenseContext, cfg, energy: str = "total") -> tuple[torch.Tensor, torch.Tensor, BlockDCT]:
+def train_gates(ctx: DefenseContext, cfg) -> tuple[torch.Tensor, torch.Tensor, BlockDCT]:
     """The analysis training: returns (gates, total energy shares on the training images, dct).
-    With energy="ac" the penalty weighs AC shares and DC is gated off (it is always dropped)."""
-    if energy not in ENERGY_BASES:
-        raise ValueError(f"energy must be one of {ENERGY_BASES}, got {energy!r}")
+    The penalty weighs AC shares; DC is gated off (it is always dropped)."""
     dct = BlockDCT(upsample=cfg.upsample)
     share = energy_shares(dct, ctx.train_images)
     with torch.no_grad():
         sample = dct(to_model_tensor(ctx.train_images[:256]))
         scale = sample.std(dim=(0, 2, 3)).clamp_min(1e-3)
-    gates = _Gates(dct, scale, off=DC_CHANNELS if energy == "ac" else ())
-    penalty_share = ac_shares(share) if energy == "ac" else share
+    gates = _Gates(dct, scale, off=DC_CHANNELS)
+    penalty_share = ac_shares(share)
     grid = dct.grid(*ctx.train_images.shape[1:3])[0]
     spec = frequency_spec(ctx.baseline.spec, dct.channels, grid, cfg.backbone)
     tcfg = train_config(ctx, {**cfg.train, "epochs": cfg.analysis_epochs, "warmup_epochs": 0})
@@ -255,19 +231,15 @@ def removal_measures(keep: list[int], share_train: torch.Tensor, share_public: t
             "channels_kept": len(keep)}
 
 
-def analyse(ctx: DefenseContext, cfg, energy: str = "total") -> tuple[list[int], dict]:
-    """The analysis step: learned gates trade FR loss against kept energy; returns the kept
-    channels and the measures (energy removed, AC and total, on public and training images;
-    gates). energy="ac": ppfrfd's knob (share of the AC energy, prefix cut); "total": the
-    earlier rule, which hybrid still calls."""
-    g, share, dct = train_gates(ctx, cfg, energy)
-    if energy == "ac":
-        keep = select_prefix(g, ac_shares(share), cfg.energy_removed, cfg.max_channels)
-    else:
-        keep = select_channels(g, share, cfg.energy_removed, cfg.max_channels)
+def analyse(ctx: DefenseContext, cfg) -> tuple[list[int], dict]:
+    """The analysis step: learned gates trade FR loss against kept AC energy; returns the
+    kept channels (`select_prefix` at cfg.energy_removed, cfg.max_channels) and the measures
+    (energy removed, AC and total, on public and training images; gates)."""
+    g, share, dct = train_gates(ctx, cfg)
+    keep = select_prefix(g, ac_shares(share), cfg.energy_removed, cfg.max_channels)
     measures = removal_measures(keep, share, energy_shares(dct, ctx.public_images))
     dropped = [c for c in range(len(g)) if c not in keep and c not in DC_CHANNELS]
-    measures.update({"energy_basis": energy, "gate_mean_kept": float(g[keep].mean()),
+    measures.update({"energy_basis": "ac", "gate_mean_kept": float(g[keep].mean()),
                      "gate_mean_dropped": float(g[dropped].mean()) if dropped else float("nan")})
     return keep, measures
 
@@ -290,7 +262,7 @@ class PPFRFDDefense:
         cfg = config_from(PPFRFDConfig, ctx.params)
         cfg.validate()
         torch.manual_seed(ctx.seed)
-        keep, measures = analyse(ctx, cfg, energy="ac")
+        keep, measures = analyse(ctx, cfg)
         measures["masking"] = cfg.masking
         front = ChannelMask(cfg.upsample, keep, cfg.masking)
         grid = front.dct.grid(*ctx.train_images.shape[1:3])[0]
@@ -319,4 +291,4 @@ def rebuild_masked(name: str, config: dict) -> FrequencySystem:
 
 
 __all__ = ["MASKINGS", "ChannelMask", "PPFRFDConfig", "PPFRFDDefense", "ac_shares", "analyse", "energy_shares",
-           "removal_measures", "select_channels", "select_prefix", "shuffle_mix", "standardise", "train_gates"]
+           "removal_measures", "select_prefix", "shuffle_mix", "standardise", "train_gates"]

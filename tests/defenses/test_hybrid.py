@@ -23,7 +23,7 @@ def _ctx(world, params, tmp_path=None):
 # with the full ArcFace margin toward every mixed face: on this tiny world (4 images per
 # identity) the margin-free variant lifts train top-1 to only 0.075 (2.3x chance) in 12
 # epochs. Every mode's loss is tested below.
-PARAMS = {"analysis_epochs": 2, "upsample": 4, "energy_removed": 0.6, "mix_margin": "each", "train": {"epochs": 12}}
+PARAMS = {"analysis_epochs": 2, "upsample": 4, "energy_removed": 0.9, "mix_margin": "each", "train": {"epochs": 12}}
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +158,17 @@ def test_short_training_reports_a_k_histogram_of_several_k(hybrid):
     assert 2 <= m["k_mean"] <= 6
     assert sum(m["policy_final"].values()) == pytest.approx(1.0)
     assert system.operating_point()["k_range"] == [2, 6]
+
+
+def test_masks_the_channels_ppfrfd_keeps_with_the_same_settings(world, hybrid):
+    """hybrid's masking step is ppfrfd's: with the same analysis settings, seed and knob
+    both keep the same channels, so hybrid against ppfrfd compares mixing alone."""
+    masking = {k: PARAMS[k] for k in ("analysis_epochs", "upsample", "energy_removed")}
+    ppfrfd = get_defense("ppfrfd").build(_ctx(world, {**masking, "train": {"epochs": 2}}))
+    assert hybrid[0].config()["keep"] == ppfrfd.config()["keep"]
+    assert hybrid[0].front.masking == ppfrfd.front.masking == "standardise"
+    m = hybrid[0].config()["measures"]
+    assert m["energy_basis"] == "ac" and m["energy_removed_ac_train"] >= PARAMS["energy_removed"] - 1e-9
 
 
 def test_learns_its_identities_and_round_trips(world, hybrid):
