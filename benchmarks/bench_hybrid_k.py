@@ -1,8 +1,9 @@
 """Hybrid's strategy network against fixed k and ppfrfd on the demo: each variant is built
 from the stored demo dataset, splits and baseline (a `make demo` store; read only) at the
 same training budget and scored on verification accuracy, optionally on model inversion
-(the hybrid's target threat; the evaluation model from the same store) too. Prints one
-line per variant with the k histogram of hybrid's last epoch.
+(the hybrid's target threat; the evaluation model from the same store; a Wilson 95%
+interval over its targets) too. Prints one line per variant with the k histogram of
+hybrid's last epoch.
 
     python -m benchmarks.bench_hybrid_k [--store artifacts/demo/store] [--epochs 32]
         [--variants policy,k2,k4,ppfrfd] [--set '{"utility_weight": 0.1}'] [--mi] [--mi-steps 200]
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+from scipy.stats import binomtest
 
 from components.attacks import ATTACKS
 from components.attacks.base import AttackContext
@@ -88,8 +90,11 @@ def main(argv=None) -> int:
                 mi_params["steps"] = args.mi_steps
             actx = AttackContext(defense=name, system=system, images=ds.images, manifest=manifest, pairs=pairs,
                                  evaluation=evaluation, params=mi_params, seed=args.seed, progress=False)
-            top1 = float(ATTACKS["model_inversion"].run(actx).measures["top1"])
-            print(json.dumps({"variant": variant, "model_inversion_top1": round(top1, 4)}), flush=True)
+            result = ATTACKS["model_inversion"].run(actx)
+            top1, n = float(result.measures["top1"]), int(result.strength["targets"])
+            ci = binomtest(round(top1 * n), n).proportion_ci(method="wilson")   # one outcome per target
+            print(json.dumps({"variant": variant, "model_inversion_top1": round(top1, 4), "targets": n,
+                              "ci95": [round(ci.low, 4), round(ci.high, 4)]}), flush=True)
     return 0
 
 
