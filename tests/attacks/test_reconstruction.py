@@ -16,12 +16,6 @@ Claims, each of which a broken attack or measure fails:
 * Both results carry exactly the contract keys, finite and in range, the strength keys,
   and a grid of held-out PUBLIC images only.
 
-Measured on this world (seed 0, one torch thread; SAR threshold 0.93 at FMR 1e-3, under
-which the evaluation model accepts only 2.5% of the clean source/partner pairs, so SAR
-type 2 cannot exceed ~0.025 here): public mean face SSIM 0.064 / 15.4 dB; representation
-recovery (20 epochs) baseline SSIM 0.93-0.95 / 33-35 dB, SAR1 1.0, noise system 0.053-0.061,
-SAR1 0; template inversion (30 epochs) baseline SSIM 0.18-0.21 / 17.5 dB, SAR1 0.15-0.22,
-noise system 0.070, SAR1 0; a decoder fed zero templates reaches 0.078, SAR1 0 (fails).
 Attack runs use one torch thread: on two cores shared with other jobs, two OpenMP
 threads were measured 10-100x slower than one.
 """
@@ -47,7 +41,7 @@ from components.metrics.reconstruction import evaluation_features, sar, sar_thre
 CONTRACT = {"ssim", "psnr_db", "sar_type1", "sar_type2", "sar_ceiling", "advantage", "impostor_pairs"}
 STRENGTH = {"attacker_images", "epochs", "lr", "architecture", "parameters", "loss"}
 RR_PARAMS = {"epochs": 20}                                   # ~5 s each on one thread
-TI_PARAMS = {"epochs": 30}                                   # ~9 s each
+TI_PARAMS = {"epochs": 60}                                   # ~18 s each; at 30 the decoder is still learning
 
 
 class NoiseSystem(ProtectedSystem):

@@ -9,16 +9,13 @@ Claims, each of which a broken defense fails:
   differs from the probe template but stays close; crafting is deterministic, works under
   no_grad and inference_mode, and leaves every parameter, buffer and flag of the system
   as it was.
-* Verification (stored vs clean probe templates) stays within a few points of the baseline.
+* Verification (stored vs clean probe templates) stays within a few points of the baseline,
+  and twice the budget costs more than those few points.
 * The battery's template inversion (upsample+conv decoder, trained on clean probe
   templates) reconstructs the enrolled faces worse from AdvFace's stored templates than
   from the baseline's; so does a second attacker design (MLP decoder): the perturbation
   transfers.
 * A saved system rebuilds to identical stored templates; every battery attack runs on it.
-
-Measured on this world (seed 0, one thread, attack 30 epochs): verification baseline 0.833,
-advface (eps 0.5) 0.825; template inversion SSIM / SAR type 1 baseline 0.199 / 0.15,
-advface 0.079 / 0.008; MLP attacker baseline 0.232 / 0.23, advface 0.088 / 0.0.
 """
 
 from __future__ import annotations
@@ -43,6 +40,7 @@ from components.metrics.utility import evaluate_system
 EPS = 0.5
 SHADOW = {"epochs": 15, "width": 8}
 TI_PARAMS = {"epochs": 30}
+VERIFICATION_SLACK = 0.06    # accuracy points AdvFace may cost at EPS on this world's weak baseline
 
 
 def _context(world, params: dict) -> DefenseContext:
@@ -56,9 +54,9 @@ def _context(world, params: dict) -> DefenseContext:
 @pytest.fixture(scope="module")
 def systems(world, one_thread):
     """eps 0, EPS (L2) and EPS/8 (Linf) from one shadow."""
-    sweep = AdvFaceDefense().build_sweep(_context(world, {**SHADOW}), [0.0, EPS])
+    sweep = AdvFaceDefense().build_sweep(_context(world, {**SHADOW}), [0.0, EPS, 2 * EPS])
     linf = AdvFaceDefense().build(_context(world, {**SHADOW, "eps": EPS / 8, "norm": "linf"}))
-    return {"zero": sweep[0], "l2": sweep[1], "linf": linf}
+    return {"zero": sweep[0], "l2": sweep[1], "l2_double": sweep[2], "linf": linf}
 
 
 @pytest.fixture(scope="module")
@@ -176,11 +174,18 @@ def test_crafting_is_deterministic_and_leaves_the_system_untouched(systems, test
 
 
 def test_verification_stays_close_to_the_baseline(world, systems):
+    """Within VERIFICATION_SLACK of the baseline at EPS (400 pairs: one point is 4 pairs), while
+    twice the budget costs more than that slack: the bar tells a usable budget from a ruinous one."""
     base, _ = evaluate_system(world.baseline_system(), world.images, world.manifest, world.pairs)
-    system = systems["l2"]
-    adv, st = evaluate_system(system, world.images, world.manifest, world.pairs, probe_fn=system.probe)
-    assert st.probe_templates is not None                        # stored vs probe templates
-    assert adv["verification_accuracy"] >= base["verification_accuracy"] - 0.04, (adv, base)
+    accuracy = {}
+    for name in ("l2", "l2_double"):
+        system = systems[name]
+        adv, st = evaluate_system(system, world.images, world.manifest, world.pairs, probe_fn=system.probe)
+        assert st.probe_templates is not None                    # stored vs probe templates
+        accuracy[name] = adv["verification_accuracy"]
+    floor = base["verification_accuracy"] - VERIFICATION_SLACK
+    assert accuracy["l2"] >= floor, (accuracy, base)
+    assert accuracy["l2_double"] < floor, (accuracy, base)
 
 
 @pytest.fixture(scope="module")
