@@ -1,139 +1,42 @@
-"""Deep variational privacy funnel (DisPF / GenPF) on frozen FR features.
+"""Deep variational privacy funnel (DVPF, DisPF and GenPF) on frozen FR features, and the
+earlier adversarial variant under its own name.
 
-Paper. Razeghi et al., "Deep Variational Privacy Funnel: General Modeling with Applications
-in Face Recognition", ICASSP 2024 (DVPF; discriminative DisPF and generative GenPF). The
-privacy funnel looks for a stochastic encoding Z of the face features X that keeps what
-recognition needs (utility) while bounding the information I(S; Z) it carries about a
-sensitive attribute S. Variationally: utility is a recognition loss on z (plus, for GenPF,
-the likelihood of a decoder p(x|z)), the information complexity is KL(q(z|x) || p(z)),
-and the leakage I(S; Z) >= H(S) - E[-log q(s|z)] is estimated by an adversary q(s|z)
-that the encoder plays against (Barber-Agakov bound).
+| step | paper (Razeghi et al., arXiv 2404.02696) | here |
+|---|---|---|
+| input | features of a frozen FR backbone | the baseline's template, L2-normalised, computed once per sweep |
+| encoder | stochastic q(z; x), S -> X -> Z | `GaussianEncoder`: MLP mean (optional linear skip path), linear log-variance |
+| utility | identity information in z | ArcFace (or CosFace) head over the train identities on sampled z |
+| information complexity | KL to the prior | beta KL(q(z; x), N(0, I)) |
+| GenPF / DisPF | GenPF adds a generative decoder and prior | MLP decoder p(x; z), squared error weight `w_rec`, prior N(0, I), `generate`; DisPF: none |
+| leakage | a variational upper bound on I(S;Z) | `objective: bound` (default): lam (E KL + E[-log p(x; s, z)]), funnel_bound.py |
+| release | the representation z | `release`: normalize(mu) (`mean`) or normalize(z), z drawn per call (`sample`) |
+| reported leakage | S-classifier accuracy | per attribute, on public identities nothing trained on: a fresh probe (`leakage_bits`) beside the bound (`leakage_bound_bits`, metrics/mixture_information.py) |
+| variant | - | `objective: adversarial`: the earlier min-max game (below); a lower bound, no guarantee |
 
-Variant built here (DESIGN.md section 6, issue 5; CPU scale, no public code used):
-* X: the frozen baseline backbone's features of the train images, L2-normalised (the
-  baseline template), computed once (shared by all points of a lambda sweep).
-* Encoder q(z|x) = N(mu(x), diag(exp(logvar(x)))), reparameterised in training. mu is an
-  MLP (two Linear-BN-ReLU layers) plus, with `skip` (the default), a linear skip path
-  initialised to the identity, so that training starts at the baseline template and
-  changes what the losses ask for; logvar is a linear head on the MLP's features. (A
-  plain MLP encoder was measured 1.5 points of verification worse at lam = 0 on the
-  demo; under the adversary it hides much more, see below, and the demo uses it.)
-* Utility: an ArcFace (or CosFace) margin head (components.models.heads) over the train
-  identities on sampled z, + beta * KL(q(z|x) || N(0, I)); GenPF adds a Gaussian decoder
-  p(x|z) (MLP, fixed variance: squared error to normalised X, weight `w_rec`) with the
-  standard normal prior p(z) = N(0, I), from which synthetic features are generated as
-  decoder(z), z ~ N(0, I). (A learned prior is not built: KL to N(0, I) already shapes
-  the aggregate posterior toward it.) DisPF has no decoder.
-* Adversary: per sensitive attribute (the columns of ctx.train_attributes), an MLP
-  q(s|z) (input standardised by an affine-free BatchNorm, one hidden ReLU layer: the
-  battery probe's shape) that reads the stored template normalize(mu). Alternating
-  updates on each batch: `adv_steps` Adam steps of the adversaries on their
-  cross-entropy, then one Adam step of encoder, head (and decoder) on
-      identity + beta * KL [+ w_rec * reconstruction] + lam * sum_s L_s.
-  Three departures from a plain min-max, each measured necessary on the demo (the fresh
-  battery probe still read skin tone at balanced accuracy 0.85-0.9 without them, at any
-  lam): (1) attributes are per identity and z must keep the train identities apart, so an
-  adversary trained on them memorises identity -> attribute; the adversary is therefore
-  cross-fitted: `adv_folds` adversaries, each trained on the identities outside its fold
-  and scoring only its fold's images. (2) The encoder then learns to beat stale
-  adversaries (including fold-specific encodings); every `refit_every` epochs the folds
-  are re-drawn and the adversaries re-initialised and fitted full-batch for `refit_steps`
-  Adam steps, a fresh probe in the loop. (3) L_s: with `adv_loss: leakage`, the funnel's
-  literal term relu(H(S) - CE_s) (-CE up to a constant while the adversary beats the
-  prior) lets the encoder make the adversary confidently WRONG, which still leaks (a
-  fresh probe flips the labels); the default `adv_loss: confusion` is the cross-entropy
-  of the adversary's prediction against the prior p(s) minus H(S), zero exactly when
-  q(s|z) = p(s) (domain confusion, Tzeng et al. 2015), which rewards no such flip.
-  (4) `adv_public`: a seeded share of the public identities (the server's own faces,
-  with attributes) joins the adversarial term: their templates are encoded beside each
-  train batch (in proportion) and fitted by the adversaries and the refits, but get no
-  identity loss (the head knows the train identities only). Hiding skin tone from an
-  adversary that has seen only the train identities did not carry over to people the
-  encoder never saw; more identities in the adversary's data make the hiding more
-  general (measured below). The demo uses all of them (1.0).
-  (5) `sensitive`: the attribute columns the adversaries hide (empty: every column; a
-  column the data lacks is refused). The demo hides skin tone only, the attribute the
-  issue judges; sex is then left as the baseline has it, and the fresh probe and the
-  battery still report it, so what is unprotected shows. (6) A narrower z than X
-  (`z_dim`, 32 of 128 on the demo; the skip path is then a semi-orthogonal map): less
-  room for what identity does not need.
-  Without attribute columns the encoder trains with no adversary (recorded in measures).
-* Templates: normalize(mu(x)), the posterior mean, at inference and for verification.
-  Deterministic (a template does not change between enrolment and probe, so verification
-  does not pay for sampling noise, and an attacker cannot average repeated queries), and
-  it is what the adversary saw in training, so the funnel bounds exactly what is stored.
-* Leakage reported in bits from a FRESH probe, never the training adversary:
-  `fresh_leakage` cross-fits the battery's identity-disjoint scikit-learn MLP probe
-  (components.attacks.attribute_inference.probe_attribute) on the templates of the public
-  identities outside the `adv_public` share (never seen by the encoder or the adversary;
-  with a share of 1 all public identities, which the adversaries then fitted: `probe_data`
-  in measures says which) and reports per attribute the probe's balanced accuracy, its
-  chance level and H(S) - CE in bits; the same on the baseline features X shows what the
-  funnel removed. Without public attributes the probe runs on the train identities (seen
-  by the encoder; stated in measures). The training adversaries' own estimate is reported
-  beside it for contrast (`adversary_leakage_bits`). Public identities are few (60 on the
-  demo), so this probe is weaker than the battery's, which pools all identities; the
-  battery's pooled probe (test identities included, which nothing here sees) is the
-  measure to judge the funnel by.
-* GenPF measures (`generated`): features decoded from z ~ q(z|x) of the public images:
-  their identity utility as leave-one-out rank-1 against the REAL features of the other
-  public images (beside the same rank-1 of the real features themselves), their leakage
-  (fresh probe), and, for features generated from the prior, a real-vs-synthetic
-  two-sample test (cross-validated logistic-regression AUC; 0.5 = indistinguishable).
+Only the paper's abstract and its authors' evaluation glue were at hand (no equations, no
+official code): the bound is derived from the chain (funnel_bound.py), and widths, weights
+and the prior are ours. The bound covers the SAMPLED release; with `release: mean` the
+stored template is a deterministic function of x, which no bound on I(S;Z) covers, and the
+measures say so (`bound_covers_release`).
 
-Measured on the demo at 64 px, before it moved to 32 px (seed 0, battery attribute probe
-over all 300 identities; baseline verification 0.939, skin 0.96 / sex 0.70 balanced
-accuracy, chance 0.33 / 0.5): lam 0 0.930, 0.95 / 0.70; lam 1 0.906, 0.84 / 0.66; lam 3
-(default) 0.895, 0.72 / 0.63; lam 6 0.889, 0.66 / 0.60.
+The adversarial variant (`objective: adversarial`) plays the encoder against classifiers
+q(s|z) of the stored template (a Barber-Agakov lower bound on the leakage): `adv_steps`
+Adam steps of the adversaries, then one step of encoder, head and decoder on identity +
+beta KL [+ w_rec reconstruction] + lam sum_s L_s. Because a plain min-max left skin tone
+readable by a fresh probe, it adds (1) cross-fitted adversaries (`adv_folds` identity
+folds; an adversary never scores identities it trained on); (2) full-batch refits every
+`refit_every` epochs (`refit_steps`), a fresh probe in the loop; (3) `adv_loss:
+confusion`, the cross-entropy against the prior p(s) (zero only when q(s|z) = p(s)),
+since the literal `leakage` term lets the encoder make the adversary confidently wrong;
+(4) `adv_public`: a share of public identities joins the adversaries' data (no identity
+loss), and leaves the fresh probe's. Measured history of both objectives: docs/experiments.md.
 
-At 32 px (seed 0; verification, then the skin probe of the battery's design over all 300
-identities, 8 images each): lam 0.5 0.907, 0.90; lam 1 0.895, 0.85; lam 2 0.863, 0.74;
-lam 3 0.868, 0.68; 4 adversary folds instead of 2 at lam 3: 0.876, 0.69 (+44 s).
-What the probe reads grows with the identities it learns from, and with mixing the train
-identities (whose templates the encoder was fitted on) with unseen ones; at lam 3 the same
-probe reads skin at 0.49 on the 180 train identities alone, 0.53 on the 120 unseen ones
-alone, 0.59 on 60 train + 120 unseen pooled, 0.68 on all 300; the funnel's own fresh
-probe on the 60 public identities, 0.33 (chance).
-
-With the public identities in the adversaries' data (`adv_public: 1`; verification, skin
-/ sex of the same 300-identity probe, seeds 0 and 1 of the funnel and the probe): lam 2
-0.883, 0.70 / 0.68 and 0.882, 0.66 / 0.68; lam 3 0.874, 0.65 / 0.71 and 0.875, 0.63 /
-0.69; lam 4 0.855, 0.63 / 0.71 and 0.863, 0.61 / 0.68; lam 5 0.853, 0.62 / 0.71. Without
-them, lam 3: 0.868, 0.68 / 0.68 and 0.826, 0.67 / 0.70 (the seed moves verification by up
-to 4 points: the min-max game is chaotic, a float-level change of summation order alone
-moves its result). Half of the public identities: lam 3 0.880, 0.71 / 0.69. lam 3 with all
-public identities was the default before the settings below (whole demo run: 0.874, skin
-0.666 / sex 0.733, membership AUC 0.794, privacy score 0.250; without them 0.868, 0.704 /
-0.688, 0.810, 0.231). lam 2 keeps verification inside 5 points of the baseline (0.928) on both seeds,
-but in a whole demo run (0.883) its skin probe read 0.712 (no lower than lam 3 without
-public identities), and its templates gave membership inference back (AUC 0.910 against
-0.810, model-inversion top-1 0.400 against 0.356): privacy score 0.111, below the
-promotion gate's floor of 0.2. With both columns hidden and 200-step refits, skin tone
-stayed far from chance (0.33) at every lam that kept verification.
-
-Skin tone only (`sensitive: [skin]`), then a narrower z and stronger refits (32 px,
-seed 0 unless said; verification, battery-design skin probe over all 300 identities):
-lam 3 0.909, 0.70 (sex 0.76, unprotected); lam 5 0.889, 0.66 and seed 1 0.901, 0.68; lam
-8 0.879, 0.64; lam 6 with 4 folds 0.893, 0.65. z_dim 32: lam 5 0.917, 0.64; lam 10
-0.909, 0.63; z_dim 16: lam 5 0.907, 0.66. With z_dim 32 and lam 10 the probe read skin at
-0.58 on the train identities, 0.60 on the public ones and 0.68 on the unseen test ones:
-the training adversaries were weaker than the probe, so the refits were made stronger
-(`refit_steps`, full-batch Adam steps a refit): 500 steps 0.898, 0.55 and seed 1 0.885,
-0.54 (the default: lam 10, z_dim 32, 500 steps); 1000 steps 0.883, 0.52 and 0.865, 0.53;
-2000 steps 0.892, 0.54; 1000 steps at lam 5 0.888, 0.54 and 0.877, 0.55, at lam 20 0.897,
-0.53 and 0.842, 0.53; adversaries of 128 units 0.882, 0.56; 4 folds of 128 units 0.874,
-0.55; 60 epochs 0.861, 0.54; refit lr 5e-3 0.892, 0.58. Hiding sex too (both columns,
-500 steps, lam 10): 0.879, skin 0.55, sex 0.70 (0.76 unprotected): verification at the
-edge of 5 points. Skin tone stays about 0.21 above chance (0.33) at every setting that
-keeps verification: the pooled probe of the battery reads what the encoder's adversaries
-miss on identities nobody trained on.
-
-Without the skip path (`skip: false`; z_dim 32, 500-step refits, skin only): the MLP must
-carry everything z holds, so skin tone is left out rather than cancelled by the MLP
-against a linear copy of x: lam 3 0.899, skin 0.45 and seed 1 0.883, 0.50 (the demo's
-default); lam 2 0.907, 0.56; lam 10 0.877, 0.44 and seed 1 0.860, 0.49; lam 5 with z_dim
-64 0.867, 0.43. Build ~35 s at the default on 2 cores (fresh probes included; the
-adversary refits are about half of it).
+Templates and measures: the fresh probe is the battery's identity-disjoint attribute
+probe (components.attacks.attribute_inference.probe_attribute) cross-fitted on the
+released templates of public identities outside the adversaries' share (all of them under
+the bound objective: `probe_data` says which); the same on X shows what the funnel removed.
+GenPF also reports features decoded from z and generated from the prior (identity rank-1
+against real features, their leakage, a real-vs-synthetic two-sample AUC).
 
 Threat model: the server stores templates z; a thief or curious operator of the template
 database trains a probe for sex/skin tone on templates of people whose attributes it
@@ -162,6 +65,8 @@ from components.attacks.attribute_inference import probe_attribute
 from components.attacks.measures import batched
 from components.config import config_from
 from components.defenses.base import DefenseContext, ProtectedSystem, ThreatModel
+from components.defenses.funnel_bound import ConditionalDecoder, bound_loss, gaussian_kl
+from components.metrics.mixture_information import nats_to_bits, release_information
 from components.metrics.embeddings import to_model_tensor
 from components.models.fr_model import build_fr_model
 from components.models.heads import get_head
@@ -174,6 +79,9 @@ class DVPFConfig:
     lam: float = 3.0              # leakage weight lambda (the privacy knob)
     beta: float = 1e-3            # information-complexity weight on KL(q(z|x) || N(0, I))
     mode: Literal["genpf", "dispf"] = "genpf"           # genpf (decoder p(x|z) + prior) | dispf
+    objective: Literal["bound", "adversarial"] = "bound"   # the funnel's upper bound | the min-max variant
+    release: Literal["mean", "sample"] = "mean"         # the stored template: normalize(mu) | normalize(z), z ~ q
+    bound_draws: int = 4          # Monte Carlo draws per sample of the reported leakage bound
     z_dim: int = 0                # 0: the baseline feature dimension D
     hidden: int = 256             # encoder / decoder MLP width
     skip: bool = True             # the encoder's linear skip path (identity at the start) beside its MLP
@@ -199,6 +107,12 @@ class DVPFConfig:
     def validate(self) -> None:
         if self.mode not in ("genpf", "dispf"):
             raise ValueError(f"dvpf: mode must be 'genpf' or 'dispf', got {self.mode!r}")
+        if self.objective not in ("bound", "adversarial"):
+            raise ValueError(f"dvpf: objective must be 'bound' or 'adversarial', got {self.objective!r}")
+        if self.release not in ("mean", "sample"):
+            raise ValueError(f"dvpf: release must be 'mean' or 'sample', got {self.release!r}")
+        if self.bound_draws < 1:
+            raise ValueError(f"dvpf: bound_draws must be >= 1, got {self.bound_draws}")
         if self.lam < 0 or self.beta < 0:
             raise ValueError(f"dvpf: lam and beta must be >= 0, got lam={self.lam}, beta={self.beta}")
         if self.adv_loss not in ("confusion", "leakage"):
@@ -282,8 +196,12 @@ class DVPFSystem(ProtectedSystem):
         self._measures = dict(measures or {})
 
     def embed(self, representation):
-        """The posterior mean mu(x) of z given the baseline features x."""
-        return self.encoder(self.backbone(representation))[0]
+        """The released z: the posterior mean mu(x) (`release: mean`) or one draw of
+        q(z|x) per call (`release: sample`, the release the leakage bound covers)."""
+        mu, logvar = self.encoder(self.backbone(representation))
+        if self.cfg.release == "sample":
+            return mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        return mu
 
     def generate(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """GenPF: n synthetic (normalised-feature-space) samples decoder(z), z ~ N(0, I)."""
@@ -295,7 +213,8 @@ class DVPFSystem(ProtectedSystem):
             return self.decoder(z)
 
     def operating_point(self) -> dict:
-        return {"lam": float(self.cfg.lam), "beta": float(self.cfg.beta), "mode": self.cfg.mode}
+        return {"lam": float(self.cfg.lam), "beta": float(self.cfg.beta), "mode": self.cfg.mode,
+                "objective": self.cfg.objective, "release": self.cfg.release}
 
     def config(self) -> dict:
         return {"fr_spec": self.fr_spec, "dvpf": asdict(self.cfg),
@@ -373,7 +292,8 @@ def _prepare(ctx: DefenseContext, cfg: DVPFConfig, backbone: nn.Module, device) 
     if ctx.public_attributes is not None:
         x_public = _features(backbone, ctx.public_images, device).numpy()
         groups_public = np.asarray(ctx.public_labels)
-        to_adversary = _adversary_share(groups_public, float(cfg.adv_public) if s_train else 0.0, ctx.seed)
+        share = float(cfg.adv_public) if s_train and cfg.objective == "adversarial" else 0.0   # bound: no adversary
+        to_adversary = _adversary_share(groups_public, share, ctx.seed)
         probe_rows = ~to_adversary if (~to_adversary).any() else to_adversary
         x_probe, attrs = x_public[probe_rows], ctx.public_attributes[probe_rows].reset_index(drop=True)
         groups = groups_public[probe_rows]
@@ -441,10 +361,6 @@ def _refit(adversaries: dict[str, nn.ModuleList], t: torch.Tensor, s_all: dict, 
         opt.step()
 
 
-def _kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(dim=1).mean()
-
-
 def _train(data: _Data, cfg: DVPFConfig, num_classes: int, seed: int, device, progress: bool = False):
     """Encoder, head, decoder (GenPF) and adversaries, trained with alternating updates."""
     torch.manual_seed(seed)
@@ -452,10 +368,14 @@ def _train(data: _Data, cfg: DVPFConfig, num_classes: int, seed: int, device, pr
     encoder = GaussianEncoder(dim, cfg.z_dim, cfg.hidden, cfg.skip).to(device)
     head = get_head(cfg.head, cfg.z_dim, num_classes, s=cfg.s, m=cfg.m).to(device)
     decoder = _mlp(cfg.z_dim, cfg.hidden, dim).to(device) if cfg.mode == "genpf" else None
+    adversarial = cfg.objective == "adversarial"
     adversaries = {a: nn.ModuleList([Adversary(cfg.z_dim, cfg.adv_hidden, len(c)) for _ in range(cfg.adv_folds)])
-                   for a, (_, c, *_) in data.s_train.items()}     # a dict: attribute names may hold dots
+                   for a, (_, c, *_) in data.s_train.items()} if adversarial else {}   # attribute names may hold dots
     adv_all = nn.ModuleList(adversaries.values()).to(device)
-    main = [*encoder.parameters(), *head.parameters(), *(decoder.parameters() if decoder is not None else [])]
+    conditional = (ConditionalDecoder(cfg.z_dim, [len(c) for _, c, *_ in data.s_train.values()], cfg.hidden, dim)
+                   .to(device) if not adversarial and data.s_train else None)      # p(x|s,z) of the bound
+    main = [*encoder.parameters(), *head.parameters(), *(decoder.parameters() if decoder is not None else []),
+            *(conditional.parameters() if conditional is not None else [])]
     opt = torch.optim.Adam(main, lr=cfg.lr, weight_decay=cfg.weight_decay)
     adv_opt = torch.optim.Adam(adv_all.parameters(), lr=cfg.adv_lr) if len(adversaries) else None
     n = data.x_train.shape[0]
@@ -484,8 +404,9 @@ def _train(data: _Data, cfg: DVPFConfig, num_classes: int, seed: int, device, pr
             _refit(adversaries, t_all, s_all, fold_all, cfg.refit_steps, cfg.adv_lr)
             adv_opt = torch.optim.Adam(adv_all.parameters(), lr=cfg.adv_lr)
         encoder.train(), head.train(), adv_all.train()
-        if decoder is not None:
-            decoder.train()
+        for m in (decoder, conditional):
+            if m is not None:
+                m.train()
         perm = torch.randperm(n, generator=gen)
         sums = {"identity": 0.0, "kl": 0.0, "rec": 0.0, "leak": 0.0}
         for i in range(steps):
@@ -507,13 +428,16 @@ def _train(data: _Data, cfg: DVPFConfig, num_classes: int, seed: int, device, pr
                     ce.backward()
                     adv_opt.step()
             identity = F.cross_entropy(head(z, y), y)
-            kl = _kl(mu, logvar)
+            kl = gaussian_kl(mu, logvar)
             loss = identity + cfg.beta * kl
             if decoder is not None:
                 rec = (decoder(z) - (x if not bs_extra else x[:nb])).pow(2).sum(dim=1).mean()
                 loss = loss + cfg.w_rec * rec
                 sums["rec"] += float(rec.detach())
             leak = torch.zeros((), device=device)
+            if conditional is not None:   # the funnel's bound: I(S;Z) + H(X|S) <= E KL + E[-log p(x|s,z)]
+                leak = bound_loss(kl, conditional, z, [s_all[a][idx[:nb]] for a in data.s_train],
+                                  x[:nb] * encoder.scale)
             for a in adversaries:   # each image scored by the adversary that never trained on its identity
                 held_out = torch.stack([adv(t) for adv in adversaries[a]])[fold, torch.arange(len(idx), device=device)]
                 if cfg.adv_loss == "confusion":
@@ -568,14 +492,28 @@ def _measures(system: DVPFSystem, data: _Data, adversaries: dict[str, nn.ModuleL
     out: dict = {"probe_data": data.probe_data, "leakage_baseline_features": data.leakage_x,
                  "final_identity_loss": history[-1]["identity"] if history else float("nan"),
                  "final_kl": history[-1]["kl"] if history else float("nan")}
-    if not len(adversaries):
+    if cfg.objective == "bound":
+        out["adversary"] = "none: the bound objective plays no adversary"
+    elif not len(adversaries):
         out["adversary"] = "none: no attribute columns in the train split"
     if data.probe_attrs is None or len(x_probe) == 0:
         return out
     with torch.no_grad():
         mu, logvar = system.encoder(x_probe.to(device))
-        t = F.normalize(mu, dim=1)
+        released = mu
+        if cfg.release == "sample":
+            released = mu + torch.randn(mu.shape, generator=torch.Generator().manual_seed(seed + 2)).to(device) \
+                * (0.5 * logvar).exp()
+        t = F.normalize(released, dim=1)
         out["leakage"] = fresh_leakage(t.cpu().numpy(), data.probe_attrs, data.probe_groups, cfg.probe, seed)
+        out["release"] = cfg.release
+        for col, m in out["leakage"].items():   # the bound covers the sampled release (and its normalisation)
+            info = release_information(mu.cpu().numpy(), logvar.cpu().numpy(),
+                                       data.probe_attrs[col].astype(str).to_numpy(), cfg.bound_draws, seed)
+            m.update({"leakage_bound_bits": nats_to_bits(info["plugin_nats"]),
+                      "variational_bound_bits": nats_to_bits(info["variational_nats"]),
+                      "entropy_bits": nats_to_bits(info["entropy_s_nats"]),
+                      "bound_covers_release": cfg.release == "sample"})
         adv_bits = {}
         for a, adv in adversaries.items():
             if a not in data.probe_attrs.columns:

@@ -334,6 +334,45 @@ def sweep_plot(sweeps: dict[str, dict], path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def leakage_bound_series(sweep: dict) -> dict[str, list[tuple[float, float, float, float]]]:
+    """{attribute (prefixed by the series, where the sweep has several): [(knob value, bound
+    bits, measured bits, H(S) bits)]} of the sweep points that report a leakage bound
+    (dvpf's `leakage` measures); {} when none does."""
+    series: dict[str, list] = {}
+    for p in sweep.get("points", []):
+        for attribute, m in (p.get("measures", {}).get("leakage") or {}).items():
+            if isinstance(m, dict) and m.get("leakage_bound_bits") is not None:
+                label = f"{p['series']}: {attribute}" if p.get("series") else attribute
+                series.setdefault(label, []).append((float(p["value"]), m["leakage_bound_bits"],
+                                                         m["leakage_bits"], m["entropy_bits"]))
+    return {a: sorted(pts) for a, pts in series.items()}
+
+
+def leakage_bound_plot(sweeps: dict[str, dict], path: str | Path) -> Path | None:
+    """One panel per sweep with a leakage bound: per attribute, the bound on I(S;Z) and the
+    fresh probe's measured leakage (bits) against the knob, with H(S) as the ceiling; None
+    when no sweep reports a bound."""
+    panels = {d: leakage_bound_series(s) for d, s in sweeps.items()}
+    panels = {d: series for d, series in panels.items() if series}
+    if not panels:
+        return None
+    fig = Figure(figsize=(4.6 * len(panels), 3.6))
+    for ax, (defense, series) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels.items()):
+        for i, (attribute, pts) in enumerate(sorted(series.items())):
+            colour = f"C{i}"
+            x = [v for v, *_ in pts]
+            ax.plot(x, [b for _, b, _, _ in pts], color=colour, linestyle="--", marker="^",
+                    label=f"{attribute}: bound")
+            ax.plot(x, [m for _, _, m, _ in pts], color=colour, marker="o", label=f"{attribute}: measured")
+            ax.axhline(pts[0][3], color=colour, linestyle=":", linewidth=0.8, label=f"{attribute}: H(S)")
+        if all(v > 0 for pts in series.values() for v, *_ in pts):
+            ax.set_xscale("log")
+        ax.set(title=f"{defense}: leakage against {sweeps[defense].get('knob', 'knob')}",
+               xlabel=sweeps[defense].get("knob", "knob"), ylabel="bits about the attribute")
+        ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 # ---------------------------------------------------------------- the report's figures
 
 def report_figures(metrics: dict, reports: str | Path, *, labels: np.ndarray, pair_scores: dict[str, np.ndarray],
@@ -367,6 +406,10 @@ def report_figures(metrics: dict, reports: str | Path, *, labels: np.ndarray, pa
     if any(s.get("points") for s in sweeps.values()):
         training["Sweeps: utility against the privacy measure each defense targets"] = sweep_plot(
             sweeps, reports / "sweeps.png")
+        bound = leakage_bound_plot(sweeps, reports / "leakage_bound.png")
+        if bound is not None:
+            training["Leakage bound (dashed; the sampled release, upper bound in expectation) and measured "
+                     "leakage (a fresh probe on unseen identities) against the knob"] = bound
     return {"Trade-off and attack matrix": overview, "ROC curves": rocs,
             "Reconstructions and other attack outputs": attack_outputs,
             "Defense pictures": pictures, "Training and sweeps": training}

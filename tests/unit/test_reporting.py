@@ -334,3 +334,27 @@ def test_sweep_series_keep_their_names_in_metrics_trade_off_and_plot(tmp_path, m
     figures.sweep_plot({"dctdp": defenses["dctdp"]["sweep"]}, tmp_path / "s.png")
     assert drawn == {"project: recovery SSIM": ([0.1, 0.5], [0.6, 0.9]),
                      "tface: recovery SSIM": ([0.3, 0.8], [0.7, 0.92])}
+
+
+def test_leakage_bound_plot_draws_bound_and_measured_per_series_and_attribute(tmp_path):
+    """dvpf's sweep points carry a bound and a measured leakage per attribute: one pair of
+    curves per (series, attribute), ordered by the knob; no bound anywhere, no figure."""
+    from PIL import Image
+
+    from components.reporting.figures import leakage_bound_plot, leakage_bound_series
+
+    def point(series, lam, bound, measured):
+        skin = {"balanced_accuracy": 0.6, "chance": 0.33, "leakage_bits": measured, "leakage_bound_bits": bound,
+                "variational_bound_bits": 1.5, "entropy_bits": 1.58, "bound_covers_release": True}
+        return {"value": lam, "series": series, "utility": _utility(0.9), "measures": {"leakage": {"skin": skin}}}
+
+    sweep = {"knob": "lam", "points": [point("bound", 10.0, 1.2, 0.3), point("bound", 0.0, 1.5, 0.6),
+                                       point("adversarial", 1.0, 1.4, 0.5)]}
+    series = leakage_bound_series(sweep)
+    assert series == {"bound: skin": [(0.0, 1.5, 0.6, 1.58), (10.0, 1.2, 0.3, 1.58)],
+                      "adversarial: skin": [(1.0, 1.4, 0.5, 1.58)]}
+    path = leakage_bound_plot({"dvpf": sweep, "dctdp": {"knob": "eps_mean", "points": []}}, tmp_path / "b.png")
+    with Image.open(path) as img:
+        assert img.size[0] > 300
+    assert leakage_bound_plot({"dctdp": {"knob": "eps_mean", "points": [{"value": 1.0, "measures": {}}]}},
+                              tmp_path / "none.png") is None
