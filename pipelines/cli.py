@@ -305,18 +305,23 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    """The options `run` and `study` share: what to run, on which data, where."""
+    parser.add_argument("--profile", default="demo", help="a profile of params.yaml (ci, demo, paper)")
+    parser.add_argument("--data-dir", help="a folder of identity sub-folders (default: the profile's dataset)")
+    parser.add_argument("--defenses", help="comma list of defenses (default: the profile's run list)")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--params", help="the params file (default: the project's params.yaml)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="privface", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="materialize the whole graph through Dagster and print the table")
-    run.add_argument("--profile", default="demo", help="a profile of params.yaml (ci, demo, paper)")
-    run.add_argument("--data-dir", help="a folder of identity sub-folders (default: the profile's dataset)")
-    run.add_argument("--defenses", help="comma list of defenses (default: the profile's run list)")
-    run.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _run_options(run)
     run.add_argument("--workdir", help="where stores and checkpoints go (default: params' workdir)")
     run.add_argument("--reports-dir", help="where metrics.json and report.html go (default: reports/)")
-    run.add_argument("--params", help="the params file (default: the project's params.yaml)")
     run.add_argument("--verbose", action="store_true", help="Dagster's event log on the console too")
     run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                      help="level of Dagster's console log (implies --verbose)")
@@ -325,13 +330,9 @@ def main(argv: list[str] | None = None) -> int:
     run.set_defaults(func=cmd_run)
     study = sub.add_parser("study", help="`run` with N seeds, then mean and spread per defense")
     study.add_argument("--seeds", type=int, default=3, help="how many seeds (0 .. N-1; seed 0 is the profile's)")
-    study.add_argument("--profile", default="demo", help="a profile of params.yaml (ci, demo, paper)")
-    study.add_argument("--data-dir", help="a folder of identity sub-folders (default: the profile's dataset)")
-    study.add_argument("--defenses", help="comma list of defenses (default: the profile's run list)")
-    study.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    _run_options(study)
     study.add_argument("--workdir", help="seed 0's workdir (seed k: <workdir>-seed<k>)")
     study.add_argument("--reports-dir", help="the study goes to <reports-dir>/study (default: reports/)")
-    study.add_argument("--params", help="the params file (default: the project's params.yaml)")
     study.set_defaults(func=cmd_study)
     gen = sub.add_parser("generate", help="write the synthetic dataset of a profile if it is missing")
     gen.add_argument("--profile", default="demo")
