@@ -356,7 +356,7 @@ def leakage_bound_plot(sweeps: dict[str, dict], path: str | Path) -> Path | None
     panels = {d: series for d, series in panels.items() if series}
     if not panels:
         return None
-    fig = Figure(figsize=(4.6 * len(panels), 3.6))
+    fig = Figure(figsize=(6.4 * len(panels), 3.6))
     for ax, (defense, series) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels.items()):
         for i, (attribute, pts) in enumerate(sorted(series.items())):
             colour = f"C{i}"
@@ -365,11 +365,13 @@ def leakage_bound_plot(sweeps: dict[str, dict], path: str | Path) -> Path | None
                     label=f"{attribute}: bound")
             ax.plot(x, [m for _, _, m, _ in pts], color=colour, marker="o", label=f"{attribute}: measured")
             ax.axhline(pts[0][3], color=colour, linestyle=":", linewidth=0.8, label=f"{attribute}: H(S)")
-        if all(v > 0 for pts in series.values() for v, *_ in pts):
-            ax.set_xscale("log")
+        positive = [v for pts in series.values() for v, *_ in pts if v > 0]
+        if positive and max(positive) >= 10 * min(positive):   # a knob over decades; 0 stays on the axis
+            ax.set_xscale("symlog", linthresh=min(positive))
+            ax.set_xlim(left=0)
         ax.set(title=f"{defense}: leakage against {sweeps[defense].get('knob', 'knob')}",
                xlabel=sweeps[defense].get("knob", "knob"), ylabel="bits about the attribute")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return _save(fig, path)
 
 
