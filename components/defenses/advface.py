@@ -1,56 +1,31 @@
 """AdvFace: stored templates perturbed against a shadow reconstruction attack.
 
-Paper. Wang et al., "Privacy-Preserving Adversarial Facial Features", CVPR 2023 (AdvFace).
-The server, which stores face templates, simulates the template-inversion attacker with
-a shadow decoder (template -> face image) trained on its own data, then stores each
-template with an adversarial perturbation that maximises the shadow's reconstruction
-loss. The FR model is not retrained: a probe's clean template still matches the perturbed
-stored one, but a decoder trained on clean templates meets inputs it was not trained on.
+| step | paper (Wang et al., CVPR 2023) | here |
+|---|---|---|
+| shadow | the server's model of the attacker: features -> face images | `ShadowDecoder` (DCGAN, BN) on clean templates of public images, L1, BN statistics recomputed on all public templates |
+| adversarial feature | latent noise that disrupts the shadow's mapping | `mode: online`: PGD per template at enrolment, L2 (or Linf) ball `eps`, `steps` steps, ascent on L1(shadow(t'), x) |
+| offline | not described in any text available here | `mode: offline` (advface_generator.py): a generator t -> delta trained before enrolment against the shadow, with a verification-score term; needs no photo at enrolment |
+| stored | adversarial features, not the originals | t' = normalize(t + delta), on the unit sphere |
+| FR network | unchanged | the baseline's backbone, frozen; probes are clean templates (`probe`) |
+| judged by | reconstruction attacks | the battery's template inversion (another decoder design), plain and trained on stored templates of public faces (`variants.stored`) |
 
-Variant built here (DESIGN.md section 6, issue 5; CPU scale, the paper's code not used):
-* Shadow decoder (`ShadowDecoder`): DCGAN-style, a linear layer (BatchNorm1d, ReLU) to an
-  8w x 4 x 4 map, then one 4x4 stride-2 transposed conv (BatchNorm2d, ReLU) per doubling,
-  the last one to 3 channels with tanh. It is deliberately NOT the battery's attacker
-  (`components.attacks.template_inversion.TemplateDecoder`: nearest-neighbour upsampling
-  followed by two 3x3 conv-BN-LeakyReLU per stage, input scaled by sqrt(D)): the defense
-  is judged by a decoder of another design, as a real attacker's would be.
-* Shadow training: the frozen baseline's clean templates normalize(backbone(x)) of the
-  public images (the server's own data; ~10% of public identities held out for the
-  measures), pixel loss L1 only (no identity loss: the server only needs a decoder whose
-  errors it can push up), Adam with a cosine schedule, flip/shift/colour augmentation
-  with templates recomputed per augmented batch (the attacker's loop, `fit_reconstructor`).
-* BatchNorm statistics "adjusted to the template statistics": after training, the
-  shadow's running means/variances (accumulated with momentum while its weights moved,
-  on augmented inputs) are recomputed exactly, with the final weights, over the clean
-  templates of all public images (`torch.optim.swa_utils.update_bn`), and stored in the
-  shadow's buffers. Crafting then uses the shadow in eval mode. Not per-batch
-  statistics of the templates being protected: a stored template must not depend on who
-  else is enrolled in the same batch, nor fail for a batch of one.
-* Crafting (`AdvFaceSystem.forward`): t = normalize(backbone(x)); delta by PGD (Madry et
-  al. 2018) from a zero start (deterministic): `steps` ascent steps of size `step_size`
-  (default 2.5 * eps / steps) on the shadow's per-image L1 loss between
-  shadow(normalize(t + delta)) and the enrolled image x, with normalised-gradient steps
-  and projection onto the L2 ball of radius `eps` (`norm: l2`) or sign steps and
-  clipping to the Linf box (`norm: linf`). The stored template is re-normalised:
-  t' = normalize(t + delta), so it stays on the unit sphere like every other template.
-  It is computed under enable_grad (and outside inference mode) whatever the caller's
-  mode, with gradients taken for delta only: no parameter, gradient, requires_grad flag
-  or BN buffer of the system changes. delta is treated as a constant for the caller, so
-  t' stays differentiable in x through t.
-* Verification compares the stored t'(a) with a probe's clean template t(b)
-  (`probe`), as the pipeline does for systems with `has_probe`.
+What the paper's text settles, and what is ours: only the abstract and Fig. 2's caption
+were available (no method section, no code). The caption computes the loss between the
+shadow image and its re-reconstruction, so the server never needs the photo; the online
+mode here ascends the loss against the enrolled photo x instead (the server has it at
+enrolment in this pipeline), the offline mode needs only the template. Architectures, the
+budget, the step rule and the generator are ours. Measured history: docs/experiments.md.
 
-Measured on the demo (64 px, 2 cores, seed 0; attack at the demo's params): build ~17-35 s
-(shadow 20 epochs), 3600 flip-averaged stored templates ~18 s. Verification 0.939 baseline,
-0.937 / 0.936 / 0.903 at eps 0.25 / 0.5 / 1.0. Template inversion (SSIM, SAR type 1, type 2):
-baseline 0.155 / 0.49 / 0.16-0.18, eps 0.5 0.0 / 0.05 / 0.02; MLP attacker baseline 0.160 / 0.48 /
-0.14, eps 0.5 0.0 / 0.001 / 0.0.
+Crafting never changes the system: PGD runs under enable_grad whatever the caller's mode,
+with gradients for delta only, the shadow in eval mode (a stored template does not depend
+on who else is enrolled in the batch), and delta treated as a constant for the caller;
+the offline generator is a plain, differentiable forward pass.
 
 Threat model. The server is honest and wants its template database to be useless to a
 thief: the attacker holds the stored templates and white-box access to the FR model,
-trains its own decoder on public faces from clean probe templates, and inverts the stored
-ones. Not protected: an attacker who knows the shadow and crafts the same perturbations
-for its training set, and everything before the template (the probe image itself).
+trains its own decoder on public faces (from clean templates, or from stored templates
+that it enrols itself), and inverts the stored ones. Not protected: everything before the
+template (the probe image itself).
 """
 
 from __future__ import annotations
@@ -70,6 +45,7 @@ from torch.nn import functional as F
 
 from components.attacks.measures import batched, fit_reconstructor
 from components.config import config_from
+from components.defenses.advface_generator import PerturbationNet, generator_loss
 from components.defenses.base import DefenseContext, ProtectedSystem, ThreatModel
 from components.metrics.embeddings import to_model_tensor
 from components.metrics.reconstruction import ssim_psnr
@@ -81,6 +57,7 @@ __all__ = ["AdvFaceConfig", "AdvFaceDefense", "AdvFaceSystem", "ShadowDecoder", 
 
 @dataclass
 class AdvFaceConfig:
+    mode: Literal["online", "offline"] = "online"   # online: PGD per template at enrolment | offline: a generator
     eps: float = 0.5              # radius of the perturbation ball (templates have norm 1)
     norm: Literal["l2", "linf"] = "l2"              # l2 | linf
     steps: int = 5                # PGD steps
@@ -92,8 +69,14 @@ class AdvFaceConfig:
     weight_decay: float = 0.0
     augment: bool = True
     holdout: float = 0.1          # share of public identities kept out of shadow training (measures)
+    gen_hidden: int = 256         # offline: the generator's hidden width
+    gen_epochs: int = 20          # offline: generator training on the shadow's public images
+    gen_lr: float = 1e-3
+    rec_weight: float = 10.0      # offline: weight of the verification-score drift against the shadow's loss
 
     def validate(self) -> None:
+        if self.mode not in ("online", "offline"):
+            raise ValueError(f"advface: mode must be 'online' or 'offline', got {self.mode!r}")
         if self.norm not in ("l2", "linf"):
             raise ValueError(f"advface: norm must be 'l2' or 'linf', got {self.norm!r}")
         if self.eps < 0 or self.steps < 0:
@@ -171,11 +154,14 @@ class AdvFaceSystem(ProtectedSystem):
     defense = "advface"
 
     def __init__(self, backbone: nn.Module, head: nn.Module, shadow: ShadowDecoder, fr_spec: dict,
-                 cfg: AdvFaceConfig, measures: dict | None = None):
+                 cfg: AdvFaceConfig, measures: dict | None = None, generator: PerturbationNet | None = None):
         super().__init__()
+        if (cfg.mode == "offline") != (generator is not None):
+            raise ValueError("advface: the offline mode needs its generator, the online mode none")
         self.backbone = backbone
         self.head = head            # the baseline's training head (logits for white-box attacks)
         self.shadow = shadow
+        self.generator = generator  # offline mode: t -> delta, trained before enrolment
         self.fr_spec = fr_spec
         self.cfg = cfg
         self._measures = dict(measures or {})
@@ -188,10 +174,12 @@ class AdvFaceSystem(ProtectedSystem):
         return self.template(self.embed(self.protect(images)))
 
     def perturbation(self, t: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """PGD delta for clean templates t of `images`, whatever the caller's grad mode;
-        the system is left exactly as it was (only the shadow's train flag is touched, and
-        restored)."""
+        """delta for clean templates t of `images`. Offline: the generator's output (the
+        images are not used). Online: PGD, whatever the caller's grad mode; the system is
+        left exactly as it was (only the shadow's train flag is touched, and restored)."""
         cfg = self.cfg
+        if self.generator is not None:
+            return self.generator(t)
         if cfg.eps <= 0 or cfg.steps <= 0:
             return torch.zeros_like(t)
         was_training = self.shadow.training
@@ -206,12 +194,13 @@ class AdvFaceSystem(ProtectedSystem):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """The stored template t' = normalize(t + delta)."""
         t = self.probe(images)
-        if self.cfg.eps <= 0 or self.cfg.steps <= 0:
+        if self.cfg.eps <= 0 or (self.generator is None and self.cfg.steps <= 0):
             return t                                  # no perturbation: exactly the clean template
         return F.normalize(t + self.perturbation(t, images), dim=1)
 
     def operating_point(self) -> dict:
-        return {"eps": float(self.cfg.eps), "norm": self.cfg.norm, "steps": int(self.cfg.steps)}
+        return {"mode": self.cfg.mode, "eps": float(self.cfg.eps), "norm": self.cfg.norm,
+                "steps": int(self.cfg.steps)}
 
     def config(self) -> dict:
         return {"fr_spec": self.fr_spec, "advface": asdict(self.cfg),
@@ -230,9 +219,10 @@ def _holdout_split(labels: np.ndarray, share: float, seed: int) -> tuple[np.ndar
 
 
 def _train_shadow(ctx: DefenseContext, cfg: AdvFaceConfig, backbone: nn.Module,
-                  device) -> tuple[ShadowDecoder, np.ndarray]:
+                  device) -> tuple[ShadowDecoder, np.ndarray, np.ndarray]:
     """The shadow decoder trained on public images (clean templates -> images), with BN
-    statistics recomputed over the clean templates of all public images; and the held-out rows."""
+    statistics recomputed over the clean templates of all public images; its training rows
+    and the held-out rows."""
     x_all = to_model_tensor(ctx.public_images)
     train_rows, hold_rows = _holdout_split(np.asarray(ctx.public_labels), cfg.holdout, ctx.seed)
     clean = lambda b: F.normalize(backbone(b), dim=1)   # noqa: E731
@@ -246,7 +236,7 @@ def _train_shadow(ctx: DefenseContext, cfg: AdvFaceConfig, backbone: nn.Module,
     saved = load_checkpoint(ckpt) if ckpt is not None else None
     if saved is not None and saved.get("fingerprint") == key:
         shadow.load_state_dict(saved["shadow"])
-        return shadow.eval(), hold_rows
+        return shadow.eval(), train_rows, hold_rows
 
     def batch_loss(xb):
         with torch.no_grad():
@@ -261,7 +251,42 @@ def _train_shadow(ctx: DefenseContext, cfg: AdvFaceConfig, backbone: nn.Module,
     shadow.eval()
     if ckpt is not None:
         save_checkpoint(ckpt, {"fingerprint": key, "shadow": {k: v.cpu() for k, v in shadow.state_dict().items()}})
-    return shadow, hold_rows
+    return shadow, train_rows, hold_rows
+
+
+def _train_generator(ctx: DefenseContext, cfg: AdvFaceConfig, backbone: nn.Module, shadow: ShadowDecoder,
+                     train_rows: np.ndarray, device) -> PerturbationNet:
+    """The offline mode's generator for cfg.eps, trained on the shadow's public images
+    (clean templates recomputed per augmented batch) against the frozen shadow."""
+    x_all = to_model_tensor(ctx.public_images)
+    clean = lambda b: F.normalize(backbone(b), dim=1)   # noqa: E731
+    dim = int(shadow.fc[0].in_features)
+    torch.manual_seed(ctx.seed)
+    generator = PerturbationNet(dim, cfg.eps, cfg.norm, cfg.gen_hidden).to(device)
+    frozen = copy.deepcopy(shadow).to(device).eval().requires_grad_(False)
+    ckpt = None if ctx.checkpoint_dir is None else Path(ctx.checkpoint_dir) / f"advface_generator_eps{cfg.eps:g}.pt"
+    shadow_hash = hashlib.sha256(b"".join(v.detach().cpu().numpy().tobytes() for v in shadow.state_dict().values()))
+    key = fingerprint({"generator": {k: getattr(cfg, k) for k in ("eps", "norm", "gen_hidden", "gen_epochs", "gen_lr",
+                                                                    "rec_weight", "batch_size", "augment")},
+                       "seed": ctx.seed, "shadow": shadow_hash.hexdigest()[:16]})
+    saved = load_checkpoint(ckpt) if ckpt is not None else None
+    if saved is not None and saved.get("fingerprint") == key:
+        generator.load_state_dict(saved["generator"])
+        return generator.eval()
+
+    def batch_loss(xb):
+        with torch.no_grad():
+            tb = clean(xb)
+        return generator_loss(generator, frozen, tb, xb, cfg.rec_weight)
+
+    loop = dataclasses.replace(cfg, epochs=cfg.gen_epochs, lr=cfg.gen_lr, weight_decay=0.0)
+    fit_reconstructor(generator, x_all[train_rows], batch_loss, loop, torch.Generator().manual_seed(ctx.seed + 1),
+                      device, label=f"advface:generator eps {cfg.eps:g}", progress=ctx.progress)
+    generator.eval()
+    if ckpt is not None:
+        save_checkpoint(ckpt, {"fingerprint": key,
+                               "generator": {k: v.cpu() for k, v in generator.state_dict().items()}})
+    return generator
 
 
 def _measures(system: AdvFaceSystem, x_hold: torch.Tensor, device) -> dict:
@@ -282,6 +307,7 @@ def _measures(system: AdvFaceSystem, x_hold: torch.Tensor, device) -> dict:
         "shadow_l1_stored": float(_pixel_loss(rec_stored, x_hold).mean()),
         "cosine_clean_stored": float(F.cosine_similarity(clean, stored, dim=1).mean()),
         "holdout_images": int(len(x_hold)),
+        "mode": system.cfg.mode,
     }
 
 
@@ -302,20 +328,23 @@ class AdvFaceDefense:
         return self.build_sweep(ctx, [cfg.eps])[0]
 
     def build_sweep(self, ctx: DefenseContext, values: list) -> list[AdvFaceSystem]:
-        """One shadow decoder, one system per eps."""
+        """One shadow decoder, one system per eps (offline: one generator per eps)."""
         cfg = config_from(AdvFaceConfig, ctx.params)
         cfg.validate()
         device = torch.device(ctx.device)
         backbone = copy.deepcopy(ctx.baseline.backbone).to(device).eval()
         head = copy.deepcopy(ctx.baseline.head).eval()
-        shadow, hold_rows = _train_shadow(ctx, cfg, backbone, device)
+        shadow, train_rows, hold_rows = _train_shadow(ctx, cfg, backbone, device)
         x_hold = to_model_tensor(ctx.public_images[hold_rows]) if len(hold_rows) else torch.empty(0)
         systems = []
         for eps in values:
             point = dataclasses.replace(cfg, eps=float(eps))
             point.validate()
+            generator = None
+            if point.mode == "offline":
+                generator = _train_generator(ctx, point, backbone, shadow, train_rows, device)
             system = AdvFaceSystem(copy.deepcopy(backbone), copy.deepcopy(head).to(device), copy.deepcopy(shadow),
-                                   ctx.baseline.spec, point).eval()
+                                   ctx.baseline.spec, point, generator=generator).eval()
             system._measures = _measures(system, x_hold, device)
             systems.append(system.cpu())
         return systems
@@ -325,8 +354,11 @@ class AdvFaceDefense:
         sh = config["shadow"]
         shadow = ShadowDecoder(int(sh["dim"]), tuple(sh["size"]), int(sh["width"]))
         cfg = AdvFaceConfig(**config["advface"])
+        generator = None
+        if cfg.mode == "offline":
+            generator = PerturbationNet(int(sh["dim"]), cfg.eps, cfg.norm, cfg.gen_hidden).eval()
         return AdvFaceSystem(model.backbone.eval(), model.head.eval(), shadow.eval(), config["fr_spec"], cfg,
-                             config.get("measures", {}))
+                             config.get("measures", {}), generator)
 
 
 DEFENSE = AdvFaceDefense()

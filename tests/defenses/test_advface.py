@@ -40,6 +40,8 @@ from components.metrics.utility import evaluate_system
 EPS = 0.5
 SHADOW = {"epochs": 15, "width": 8}
 TI_PARAMS = {"epochs": 30}
+OFFLINE = {"mode": "offline", "gen_epochs": 60, "rec_weight": 1.0}   # ~100 public images: more epochs, and a
+                                                                      # weaker score term, than the demo's
 VERIFICATION_SLACK = 0.06    # accuracy points AdvFace may cost at EPS on this world's weak baseline
 
 
@@ -56,7 +58,8 @@ def systems(world, one_thread):
     """eps 0, EPS (L2) and EPS/8 (Linf) from one shadow."""
     sweep = AdvFaceDefense().build_sweep(_context(world, {**SHADOW}), [0.0, EPS, 2 * EPS])
     linf = AdvFaceDefense().build(_context(world, {**SHADOW, "eps": EPS / 8, "norm": "linf"}))
-    return {"zero": sweep[0], "l2": sweep[1], "l2_double": sweep[2], "linf": linf}
+    offline = AdvFaceDefense().build(_context(world, {**SHADOW, **OFFLINE}))
+    return {"zero": sweep[0], "l2": sweep[1], "l2_double": sweep[2], "linf": linf, "offline": offline}
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +123,7 @@ def test_eps_zero_stores_the_clean_template(systems, test_images):
     system = systems["zero"]
     with torch.no_grad():
         assert torch.equal(system(test_images), system.probe(test_images))
-    assert system.operating_point() == {"eps": 0.0, "norm": "l2", "steps": 5}
+    assert system.operating_point() == {"mode": "online", "eps": 0.0, "norm": "l2", "steps": 5}
 
 
 def test_stored_templates_differ_from_probes_but_stay_close(systems, test_images):
@@ -170,6 +173,40 @@ def test_crafting_is_deterministic_and_leaves_the_system_untouched(systems, test
             p.requires_grad_(True)
 
 
+# --------------------------------------------------------------------------- offline mode
+
+
+def test_offline_generator_stays_in_the_ball_and_needs_no_photo(systems, test_images):
+    """Offline, a stored template is a function of the template alone (the photo is never
+    used, nor the batch it comes in), inside the eps ball, and it raises the shadow's loss
+    on private faces the generator never saw."""
+    system = systems["offline"].eval()
+    with torch.no_grad():
+        t = system.probe(test_images)
+        delta = system.perturbation(t, None)
+        stored = system(test_images)
+        assert torch.allclose(stored, nn.functional.normalize(t + delta, dim=1), atol=1e-6)
+        one = system(test_images[5:6])
+        shadow = system.shadow.eval()
+        def loss(d):
+            return (shadow(nn.functional.normalize(t + d, dim=1)) - test_images).abs().mean((1, 2, 3))
+        before, after = loss(torch.zeros_like(t)), loss(delta)
+    assert torch.allclose(one, stored[5:6], atol=1e-5)                       # no batch dependence
+    assert delta.norm(dim=1).max() <= EPS * (1 + 1e-5) and delta.norm(dim=1).min() > 0.1 * EPS
+    assert (after > before).float().mean() >= 0.9 and after.mean() > 1.05 * before.mean(), (before.mean(),
+                                                                                             after.mean())
+    m = system.measures()
+    assert m["mode"] == "offline" and m["shadow_ssim_stored"] < m["shadow_ssim_clean"]
+
+
+def test_the_mode_must_match_its_generator(world, systems):
+    s = systems["l2"]
+    with pytest.raises(ValueError, match="offline"):
+        AdvFaceSystem(s.backbone, s.head, s.shadow, s.fr_spec, systems["offline"].cfg)
+    with pytest.raises(ValueError, match="mode"):
+        AdvFaceDefense().build(_context(world, {"mode": "batch", "epochs": 1}))
+
+
 # --------------------------------------------------------------------------- utility and attacks
 
 
@@ -178,13 +215,14 @@ def test_verification_stays_close_to_the_baseline(world, systems):
     twice the budget costs more than that slack: the bar tells a usable budget from a ruinous one."""
     base, _ = evaluate_system(world.baseline_system(), world.images, world.manifest, world.pairs)
     accuracy = {}
-    for name in ("l2", "l2_double"):
+    for name in ("l2", "l2_double", "offline"):
         system = systems[name]
         adv, st = evaluate_system(system, world.images, world.manifest, world.pairs, probe_fn=system.probe)
         assert st.probe_templates is not None                    # stored vs probe templates
         accuracy[name] = adv["verification_accuracy"]
     floor = base["verification_accuracy"] - VERIFICATION_SLACK
     assert accuracy["l2"] >= floor, (accuracy, base)
+    assert accuracy["offline"] >= floor, (accuracy, base)
     assert accuracy["l2_double"] < floor, (accuracy, base)
 
 
@@ -225,8 +263,15 @@ def test_save_load_round_trip_gives_identical_stored_templates(systems, test_ima
     with torch.no_grad():
         assert torch.equal(loaded(test_images), system(test_images))
         assert torch.equal(loaded.probe(test_images), system.probe(test_images))
-    assert loaded.operating_point() == system.operating_point() == {"eps": EPS, "norm": "l2", "steps": 5}
+    assert loaded.operating_point() == system.operating_point() == {"mode": "online", "eps": EPS, "norm": "l2",
+                                                                    "steps": 5}
     assert loaded.measures() == system.measures()
+    offline = systems["offline"].eval()
+    loaded = _round_trip(offline)
+    assert loaded.generator is not None
+    with torch.no_grad():
+        assert torch.equal(loaded(test_images), offline(test_images))
+    assert loaded.operating_point()["mode"] == "offline"
 
 
 def test_the_battery_runs_on_the_system(world, systems, inversions, one_thread, tmp_path):
