@@ -1,61 +1,32 @@
 """FaceMAE: train face recognition on masked-autoencoder reconstructions instead of the
-private faces (Wang et al., "FaceMAE: Privacy-Preserving Face Recognition via Masked
-Autoencoders", 2022). DESIGN.md section 6, issue 6.
+private faces.
 
-Steps of `FaceMAEDefense.build`:
-1. An FR model on the PUBLIC identities only (`public_fr_backbone` with the baseline's
-   head, `public_fr_train` settings): the frozen feature extractor f of instance relation
-   matching (irm.py). `build_sweep` trains it once for every mask ratio.
-2. A masked autoencoder (mae.py) trained on the public images (minus a held-out share)
-   with the masked-patch pixel loss plus IRM: w_pixel * MSE + w_instance * instance +
-   w_relation * relation (pixel loss only when `irm` is false: the ablation).
-3. Deployment: each private training image is masked with its own seeded mask
-   (`mask_for(position, seed)`); only the masked images leave the data owner; the MAE
-   reconstructs them (visible patches kept, hidden ones generated) and the reconstructions,
-   rounded to uint8, are the ONLY images the FR model of this partition trains on (the
-   baseline's spec and training settings, `fr_train`). `config()["train_images_sha256"]`
-   is the digest of exactly the array handed to that training.
+| step | paper (Wang et al., arXiv 2205.11090) | here |
+|---|---|---|
+| IRM network | an FR network | `public_fr_backbone` trained on PUBLIC identities only, frozen (irm.py) |
+| MAE training | randomly masked faces train the reconstruction module | ViT MAE (mae.py) on public images minus a held-out share, fresh masks and flips per batch |
+| loss | instance relation matching (IRM) closes the gap between real and reconstructed faces | `loss: irm` (default): w_instance * instance + w_relation * relation (+ w_pixel * masked MSE, 0 by default); `loss: pixel`: masked MSE alone (the ablation) |
+| deployment | reconstruct masked faces of unseen identities, no extra training | each private image masked by its own seeded mask; only masked images leave the owner; reconstructions (uint8) |
+| FR training | FR trained on the reconstructions | the baseline's spec and training settings on the reconstructions and nothing else (`fr_train`) |
+| leakage | face retrieval between reconstructed and original sets; identities hard to retrieve | `retrieval_leakage`: identity-level top-1 rescaled by chance (`advantage`, scored), image-level top-1/top-5 beside it |
+
+Only the abstract was available (no method section, no public code); one secondary source
+says IRM replaces MAE's pixel loss, which is the default here. The IRM terms (irm.py), the
+MAE's size and its training from scratch on ~650 public images for a few dozen epochs are
+ours (CPU scale; the paper pre-trains on a large face corpus), so the reconstructions are
+blurrier. The IRM network is the baseline's ResNet at half width: IRM differentiates
+through it on every MAE step. Measured history: docs/experiments.md.
 
 Threat model. FaceMAE protects the TRAINING data, not inference: protect = identity, the
 deployed model embeds raw faces like the baseline. The reconstructions (the published
-training set) are the leaked artefact; `retrieval_leakage` (components/attacks) measures
-how often they lead back to their originals, membership inference how much the model
-still reveals about who was in the training set.
+training set) are the leaked artefact; `retrieval_leakage` measures how often they lead
+back to their originals' identities, membership inference how much the model still reveals
+about who was in the training set. `config()["train_images_sha256"]` is the digest of
+exactly the array the FR model trained on.
 
-Variant built here, and why (CPU scale, 2 cores, ~4 minutes for the whole build on the
-demo): the MAE is trained from scratch on the ~650 public images for a few dozen epochs,
-not pre-trained on a large face corpus as in the paper, so its reconstructions are blurrier;
-the IRM network is a small ResNet on 60 public identities rather than a large pretrained FR
-model; features are L2-normalised (irm.py). The MAE's hidden patches are predicted in plain
-pixels (no per-patch normalisation; mae.py). Only horizontal flips augment MAE training.
-
-The IRM network is the baseline's ResNet at half width (`public_fr_backbone`): IRM
-differentiates through it on every MAE step, and half width cuts that cost about 3x.
-
-Knobs (params[facemae], `FaceMAEConfig`; the `sweep` block belongs to the sweep asset and is
-ignored): mask_ratio (the privacy knob) and patch (None: image_size // 8, i.e. 8 at 64 px);
-irm and its weights; the MAE's widths and depths; MAE training (epochs, batch, lr, weight
-decay, warm-up, held-out share); the two FR trainings; seed (None: the context's).
-
-Measured on the demo at 64 px, before it moved to 32 px (stored demo inputs, mask_ratio 0.75, 40 MAE epochs; baseline
-verification accuracy 0.939; retrieval among 2160 originals by the evaluation model):
-
-    IRM weights (instance = relation)   seed   accuracy   top1    top5    held-out SSIM
-    pixel only (irm: false)             0      0.925      0.073   0.215   0.48
-    pixel only (irm: false)             1      0.923      0.074   0.221   0.47
-    0.1 (default)                       0      0.925      0.071   0.220   0.33
-    0.1 (default)                       1      0.924      0.074   0.211   0.34
-    0.1, full-width IRM network         0      0.917      0.085   0.244   0.36
-    0.3                                 0      0.905      0.052   0.180   0.25
-    1.0                                 0      0.888      0.055   0.182   0.21
-    unmasked JPEG copies (q 75)         -      -          1.000   1.000   -
-
-IRM does NOT beat the pixel-only ablation on utility here: at weight 0.1 it ties (+0.001 at
-both seeds, well inside the 0.044 fold std); larger weights trade utility for a little less
-leakage, and the reconstructions grow high-frequency textures that move the small IRM
-network's features (held-out SSIM falls). Our reading: with a weak feature network trained
-on 60 public identities, matching its features is partly adversarial rather than
-identity-restoring; the paper's IRM uses a strong pretrained FR model.
+Knobs (params[facemae], `FaceMAEConfig`): mask_ratio (the privacy knob), patch (None:
+image_size // 8), loss and its weights, the MAE's size and training, the two FR trainings,
+seed (None: the context's).
 """
 
 from __future__ import annotations
@@ -96,10 +67,10 @@ PUBLIC_FR_BACKBONE = {"name": "resnet_small", "embedding_dim": 128, "widths": [1
 class FaceMAEConfig:
     mask_ratio: float = 0.75          # share of patches hidden (MAE's and FaceMAE's mask_ratio)
     patch: int | None = None          # patch size in px; None = image_size // 8 (8x8 patches)
-    irm: bool = True                  # False: pixel loss only (the ablation)
-    w_pixel: float = 1.0
-    w_instance: float = 0.1          # demo: 0.1 keeps utility; 0.3 and 1.0 cost 2 and 4 points (module doc)
-    w_relation: float = 0.1
+    loss: str = "irm"                 # irm: instance relation matching replaces the pixel loss | pixel: MSE only
+    w_pixel: float = 0.0              # irm: a masked-pixel term added to IRM (0: none, as in the paper)
+    w_instance: float = 1.0
+    w_relation: float = 1.0
     dim: int = 128                    # encoder width, depth, heads
     depth: int = 4
     heads: int = 4
@@ -121,6 +92,12 @@ class FaceMAEConfig:
     seed: int | None = None
 
     def __post_init__(self):
+        if self.loss not in ("irm", "pixel"):
+            raise ValueError(f"facemae: loss must be 'irm' or 'pixel', got {self.loss!r}")
+        if min(self.w_pixel, self.w_instance, self.w_relation) < 0:
+            raise ValueError("facemae: w_pixel, w_instance and w_relation must be >= 0")
+        if self.loss == "irm" and self.w_instance + self.w_relation == 0:
+            raise ValueError("facemae: loss irm needs w_instance or w_relation > 0")
         if not 0.0 < self.mask_ratio < 1.0:
             raise ValueError(f"facemae: mask_ratio must be in (0, 1), got {self.mask_ratio}")
         if not 0.0 < self.holdout < 1.0:
@@ -149,12 +126,12 @@ class FaceMAESystem(ProtectedSystem):
 
     defense = "facemae"
 
-    def __init__(self, backbone, head, mae: MaskedAutoencoder, fr_spec: dict, mask_seed: int, irm: bool,
+    def __init__(self, backbone, head, mae: MaskedAutoencoder, fr_spec: dict, mask_seed: int, loss: str,
                  recon_batch_size: int = 256, measures: dict | None = None, train_images_sha256: str = "",
                  params: dict | None = None):
         super().__init__()
         self.backbone, self.head, self.mae = backbone, head, mae
-        self.fr_spec, self.mask_seed, self.irm = fr_spec, int(mask_seed), bool(irm)
+        self.fr_spec, self.mask_seed, self.loss = fr_spec, int(mask_seed), str(loss)
         self.recon_batch_size = int(recon_batch_size)
         self._measures = dict(measures or {})
         self.train_images_sha256 = train_images_sha256
@@ -172,10 +149,10 @@ class FaceMAESystem(ProtectedSystem):
                                                  self.recon_batch_size))
 
     def operating_point(self) -> dict:
-        return {"mask_ratio": self.mae.mask_ratio, "irm": self.irm}
+        return {"mask_ratio": self.mae.mask_ratio, "loss": self.loss}
 
     def config(self) -> dict:
-        return {"fr_spec": self.fr_spec, "mae": self.mae.spec(), "mask_seed": self.mask_seed, "irm": self.irm,
+        return {"fr_spec": self.fr_spec, "mae": self.mae.spec(), "mask_seed": self.mask_seed, "loss": self.loss,
                 "recon_batch_size": self.recon_batch_size, "measures": self._measures,
                 "train_images_sha256": self.train_images_sha256, "params": self.params}
 
@@ -229,8 +206,9 @@ def public_split(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndar
 
 def train_mae(mae: MaskedAutoencoder, images_uint8: np.ndarray, irm: IRMLoss | None, cfg: FaceMAEConfig,
               seed: int, device="cpu", on_epoch_end=None, progress: bool = False) -> list[dict]:
-    """Step 2: MAE training on public images; loss = w_pixel * masked MSE (+ IRM terms).
-    Fresh random masks and flips every batch from a generator seeded by `seed`. Returns the
+    """Step 2: MAE training on public images. With `irm` (the IRM loss module; None for the
+    pixel ablation): w_instance * instance + w_relation * relation + w_pixel * masked MSE;
+    without: the masked MSE alone. The masked MSE is logged either way. Fresh random masks and flips every batch from a generator seeded by `seed`. Returns the
     per-epoch means of each loss term."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -257,7 +235,7 @@ def train_mae(mae: MaskedAutoencoder, images_uint8: np.ndarray, irm: IRMLoss | N
             mask = mae.random_mask(len(idx), gen).to(device)
             pred = mae(x, mask)
             terms = {"pixel": mae.masked_loss(x, pred, mask)}
-            loss = cfg.w_pixel * terms["pixel"]
+            loss = terms["pixel"] if irm is None else cfg.w_pixel * terms["pixel"]
             if irm is not None:
                 terms["instance"], terms["relation"] = irm(mae.reconstruct(x, mask, pred), x)
                 loss = loss + cfg.w_instance * terms["instance"] + cfg.w_relation * terms["relation"]
@@ -366,7 +344,7 @@ class FaceMAEDefense:
     def rebuild(self, config: dict) -> FaceMAESystem:
         model = build_fr_model(config["fr_spec"])
         return FaceMAESystem(model.backbone.eval(), model.head.eval(), MaskedAutoencoder(**config["mae"]).eval(),
-                             config["fr_spec"], config["mask_seed"], config["irm"], config["recon_batch_size"],
+                             config["fr_spec"], config["mask_seed"], _saved_loss(config), config["recon_batch_size"],
                              config.get("measures"), config.get("train_images_sha256", ""), config.get("params"))
 
     def _build(self, ctx: DefenseContext, cfg: FaceMAEConfig, public_fr: FRModel,
@@ -397,7 +375,7 @@ class FaceMAEDefense:
         measures, masked, x_hat = heldout_measures(mae, irm, ctx.public_images[hold], hold, seed)
         measures["mae_final_pixel"] = float(history[-1]["pixel"]) if history else float("nan")
         measures["seconds"] = seconds
-        system = FaceMAESystem(fr.backbone.eval(), fr.head.eval(), mae, spec, seed, cfg.irm, cfg.recon_batch_size,
+        system = FaceMAESystem(fr.backbone.eval(), fr.head.eval(), mae, spec, seed, cfg.loss, cfg.recon_batch_size,
                                measures, digest, dataclasses.asdict(cfg))
         folder = Path(ctx.checkpoint_dir) if ctx.checkpoint_dir is not None else \
             Path(tempfile.mkdtemp(prefix="privface-facemae-"))
@@ -417,12 +395,19 @@ class FaceMAEDefense:
         if saved is not None and saved.get("fingerprint") == fp:
             mae.load_state_dict(saved["state"])
             return list(saved["history"])
-        history = train_mae(mae, images, irm if cfg.irm else None, cfg, seed, ctx.device,
+        history = train_mae(mae, images, irm if cfg.loss == "irm" else None, cfg, seed, ctx.device,
                             on_epoch_end=ctx.on_epoch_end, progress=ctx.progress)
         if path is not None:
             state = {k: v.detach().cpu() for k, v in mae.state_dict().items()}
             save_checkpoint(path, {"fingerprint": fp, "state": state, "history": history})
         return history
+
+
+def _saved_loss(config: dict) -> str:
+    """The loss of a saved system; bundles saved before `loss` existed carry `irm: bool`."""
+    if "loss" in config:
+        return str(config["loss"])
+    return "irm" if config.get("irm", True) else "pixel"
 
 
 def _sub(folder, name: str):
