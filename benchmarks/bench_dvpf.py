@@ -17,19 +17,13 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from components.attacks import ATTACKS
-from components.attacks.base import AttackContext
+from benchmarks.demo_store import load_store
 from components.attacks.variants import split_variants
-from components.config import load_params
-from components.data.views import split_attributes, split_view
-from components.defenses import DefenseContext, get_defense
+from components.defenses import get_defense
 from components.metrics.utility import evaluate_system
-from components.models.fr_model import from_bundle
-from pipelines.io_manager import fetch
 
 
 def _rounded(d: dict) -> dict:
@@ -45,32 +39,19 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
-    params = load_params("params.yaml", args.profile)
-    store = Path(args.store)
-    ds = fetch(store / "face_dataset" / "__all__")
-    splits = fetch(store / "dataset_splits" / "__all__")
-    baseline = from_bundle(fetch(store / "baseline_fr_model" / "__all__"))
-    evaluation = from_bundle(fetch(store / "evaluation_fr_model" / "__all__"))
-    manifest, pairs = splits["manifest"], splits["pairs"]
-    tx, ty, _ = split_view(ds.images, manifest, "train")
-    px, py, _ = split_view(ds.images, manifest, "public")
-    probe_params, _ = split_variants(params["attacks"]["attribute_inference"])   # the plain probe
+    store = load_store(args.store, args.profile)
+    probe_params, _ = split_variants(store.params["attacks"]["attribute_inference"])   # the plain probe
     for run in args.run:
-        block = {**params["dvpf"], **json.loads(run)}
+        block = store.block("dvpf", json.loads(run))
         lams = [float(v) for v in block.pop("lams")]
-        ctx = DefenseContext(params=block, train_images=tx, train_labels=ty, public_images=px, public_labels=py,
-                             baseline=baseline, train_attributes=split_attributes(manifest, "train"),
-                             public_attributes=split_attributes(manifest, "public"), progress=False, seed=args.seed)
         t0 = time.perf_counter()
-        systems = get_defense("dvpf").build_sweep(ctx, lams)
+        systems = get_defense("dvpf").build_sweep(store.defense_context(block, args.seed), lams)
         built = round(time.perf_counter() - t0, 1)
         for lam, system in zip(lams, systems):
             torch.manual_seed(args.seed)
-            utility, _ = evaluate_system(system, ds.images, manifest, pairs)
-            actx = AttackContext(defense="dvpf", system=system, images=ds.images, manifest=manifest, pairs=pairs,
-                                 evaluation=evaluation, params=probe_params, seed=args.seed, progress=False)
-            torch.manual_seed(args.seed)
-            probe = ATTACKS["attribute_inference"].run(actx).measures
+            utility, _ = evaluate_system(system, store.images, store.manifest, store.pairs)
+            probe = store.attack("attribute_inference", "dvpf", system, probe_params, args.seed,
+                                 variants=False).measures
             m = system.measures()
             print(json.dumps({"run": json.loads(run), "lam": lam, "build_s": built,
                               "verification_accuracy": round(float(utility["verification_accuracy"]), 4),

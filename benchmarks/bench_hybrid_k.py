@@ -19,20 +19,14 @@ import argparse
 import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 from scipy.stats import binomtest
 
-from components.attacks import ATTACKS
-from components.attacks.base import AttackContext
+from benchmarks.demo_store import load_store
 from components.attacks.variants import split_variants
-from components.config import load_params
-from components.data.views import split_view
-from components.defenses import DefenseContext, get_defense
+from components.defenses import get_defense
 from components.metrics.utility import evaluate_system
-from components.models.fr_model import from_bundle
-from pipelines.io_manager import fetch
 
 
 def main(argv=None) -> int:
@@ -48,15 +42,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
-    params = load_params("params.yaml", args.profile)
-    store = Path(args.store)
-    ds = fetch(store / "face_dataset" / "__all__")
-    splits = fetch(store / "dataset_splits" / "__all__")
-    baseline = from_bundle(fetch(store / "baseline_fr_model" / "__all__"))
-    manifest, pairs = splits["manifest"], splits["pairs"]
-    tx, ty, _ = split_view(ds.images, manifest, "train")
-    px, py, _ = split_view(ds.images, manifest, "public")
-    evaluation = from_bundle(fetch(store / "evaluation_fr_model" / "__all__")) if args.mi else None
+    store = load_store(args.store, args.profile)
+    params = store.params
 
     for variant in args.variants.split(","):
         name = "ppfrfd" if variant == "ppfrfd" else "hybrid"
@@ -69,14 +56,12 @@ def main(argv=None) -> int:
                 block["k_fixed"] = int(variant[1:])
         elif args.ppfrfd_epochs:
             block["train"] = {**block.get("train", {}), "epochs": args.ppfrfd_epochs}
-        ctx = DefenseContext(params=block, train_images=tx, train_labels=ty, public_images=px, public_labels=py,
-                             baseline=baseline, progress=False, seed=args.seed, on_epoch_end=_show_epoch,
-                             extra={"baseline_train": params["baseline"]["train"]})
+        ctx = store.defense_context(block, args.seed, on_epoch_end=_show_epoch)
         t0 = time.perf_counter()
         system = get_defense(name).build(ctx).to("cpu").eval()
         built = time.perf_counter() - t0
         torch.manual_seed(0)
-        utility, _ = evaluate_system(system, ds.images, manifest, pairs, device="cpu")
+        utility, _ = evaluate_system(system, store.images, store.manifest, store.pairs, device="cpu")
         line = {"variant": variant, "verification_accuracy": round(float(utility["verification_accuracy"]), 4),
                 "build_s": round(built, 1)}
         m = system.measures()
@@ -88,9 +73,7 @@ def main(argv=None) -> int:
             mi_params, _ = split_variants(params.get("attacks", {}).get("model_inversion", {}))   # the plain attack
             if args.mi_steps:
                 mi_params["steps"] = args.mi_steps
-            actx = AttackContext(defense=name, system=system, images=ds.images, manifest=manifest, pairs=pairs,
-                                 evaluation=evaluation, params=mi_params, seed=args.seed, progress=False)
-            result = ATTACKS["model_inversion"].run(actx)
+            result = store.attack("model_inversion", name, system, mi_params, args.seed, variants=False)
             top1, n = float(result.measures["top1"]), int(result.strength["targets"])
             ci = binomtest(round(top1 * n), n).proportion_ci(method="wilson")   # one outcome per target
             print(json.dumps({"variant": variant, "model_inversion_top1": round(top1, 4), "targets": n,
