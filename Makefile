@@ -19,6 +19,12 @@ export GX_ANALYTICS_ENABLED := false
 export PYTHONUNBUFFERED := 1
 
 STAMP := $(VENV)/.installed
+# DVC lives in an environment of its own: its hydra-core pins an antlr4 runtime older than the
+# one Dagster's asset-selection grammar needs. Every target and test calls $(DVC).
+DVC_VENV ?= .venv-dvc
+DVC := $(DVC_VENV)/bin/dvc
+DVC_STAMP := $(DVC_VENV)/.installed
+export PRIVFACE_DVC := $(abspath $(DVC))
 
 .PHONY: install demo study run test test-unit bench ui mlflow-ui dvc-status clean help
 
@@ -37,15 +43,21 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install -q -c requirements.lock -e ".[test]"
 	touch $@
 
-install: $(STAMP)
+$(DVC_STAMP): requirements-dvc.lock
+	test -x $(DVC_VENV)/bin/python || $(PYTHON) -m venv $(DVC_VENV)
+	$(DVC_VENV)/bin/python -m pip install -q --upgrade pip
+	$(DVC_VENV)/bin/python -m pip install -q -r requirements-dvc.lock
+	touch $@
+
+install: $(STAMP) $(DVC_STAMP)
 
 demo: install
 	$(BIN)/privface generate --profile demo
 	$(BIN)/privface run --profile demo
 	@echo "--- dvc status (data/ against the committed data.dvc):"
 	@# caches data/ only if it matches data.dvc (a changed dataset is refused, never recorded)
-	@$(BIN)/dvc commit -q data.dvc </dev/null || echo "data/ differs from the committed data.dvc"
-	@$(BIN)/dvc status data.dvc
+	@$(DVC) commit -q data.dvc </dev/null || echo "data/ differs from the committed data.dvc"
+	@$(DVC) status data.dvc
 
 study: install
 	$(BIN)/privface generate --profile $(PROFILE)
@@ -75,7 +87,7 @@ mlflow-ui: install
 	  --default-artifact-root $(CURDIR)/mlflow/artifacts --host $(HOST) --port 5000
 
 dvc-status: install
-	$(BIN)/dvc status
+	$(DVC) status
 
 clean:
 	rm -rf artifacts reports dagster_home .pytest_cache

@@ -12,6 +12,14 @@ from components.config import load_params
 from components.data.synthetic import SyntheticConfig, write_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
+# DVC's own environment (the Makefile makes it; PRIVFACE_DVC names another dvc executable)
+DVC = Path(os.environ.get("PRIVFACE_DVC") or ROOT / ".venv-dvc" / "bin" / "dvc")
+
+
+def dvc_executable() -> str:
+    if not os.access(DVC, os.X_OK):
+        pytest.fail(f"{DVC}: no dvc here; `make install` creates DVC's environment .venv-dvc")
+    return str(DVC)
 
 
 @pytest.fixture(scope="session")

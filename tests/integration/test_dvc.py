@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,14 @@ import yaml
 from components.config import load_params
 from components.data.synthetic import SyntheticConfig, write_dataset
 from components.reporting.metrics_file import build_metrics, write_json
-from tests.integration.conftest import ROOT, git_env
+from tests.integration.conftest import ROOT, dvc_executable, git_env
 
 pytestmark = pytest.mark.integration
 
 
 def sh(*cmd, cwd):
-    if cmd[0] == "dvc":   # the venv's dvc, whether or not the venv is on PATH
-        cmd = (sys.executable, "-m", "dvc", *cmd[1:])
+    if cmd[0] == "dvc":   # DVC's own environment, whether or not it is on PATH
+        cmd = (dvc_executable(), *cmd[1:])
     out = subprocess.run(cmd, cwd=cwd, env=git_env(), capture_output=True, text=True)
     assert out.returncode == 0, f"{' '.join(cmd)}:\n{out.stdout}\n{out.stderr}"
     return out.stdout
@@ -143,3 +142,17 @@ def test_dvc_metrics_diff_shows_what_two_runs_with_different_params_changed(tmp_
         if isinstance(old[key], float):
             assert entry["diff"] == pytest.approx(new[key] - old[key]), key
     assert diff["defenses.baseline.mlflow.model_version"] == {"old": "1", "new": "2"}   # a new registered version
+
+
+def test_dvc_repro_reads_the_pipeline_stage(tmp_path):
+    """dvc.yaml's stage, its deps and params resolve under DVC's own environment, and the
+    command it would run is the project's CLI (a dry run: the real one is `make demo`)."""
+    repo = new_repo(tmp_path / "repo")
+    for name in ("dvc.yaml", "params.yaml"):
+        shutil.copy(ROOT / name, repo / name)
+    stage = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["pipeline"]
+    for dep in stage["deps"]:
+        (repo / dep).mkdir()
+        (repo / dep / "placeholder").write_text(dep)
+    out = sh("dvc", "repro", "--dry", cwd=repo)
+    assert "Running stage 'pipeline'" in out and stage["cmd"] in out, out
