@@ -48,3 +48,10 @@ def test_dg_check_defs_loads_the_project(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     assert "All definitions loaded successfully" in out.stdout + out.stderr
+
+
+def test_the_project_environment_has_no_broken_requirements():
+    """`pip check`: nothing in the project's environment pins what another package refuses
+    (the antlr4 conflict that DVC brought in)."""
+    out = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
