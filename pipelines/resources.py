@@ -72,6 +72,15 @@ class PrivfaceSettings(dg.ConfigurableResource):
         p = self.params()
         return IdentityBootstrap(manifest["identity"].to_numpy(), p["intervals"]["replicates"], p["seed"])
 
+    def data_digest(self, version: str) -> str:
+        """The digest of the run's dataset for MLflow: the DVC md5 of data/ where DVC tracks
+        the dataset (it lies under data/ and data.dvc records an md5), else its content
+        version `version` (a user's folder elsewhere)."""
+        folder = self.path(self.params()["data"]["dir"]).resolve()
+        md5 = dvc_data_md5(self.path(self.dvc_file))
+        tracked = (PROJECT_ROOT / "data").resolve()
+        return md5 if md5 != "none" and folder.is_relative_to(tracked) else version
+
     def registered_model(self, defense: str) -> str:
         """The registry name of a defense's models on this dataset at this image size (the
         canonical images differ with it): a champion is only ever compared with versions
@@ -277,9 +286,24 @@ class MLflowResource(dg.ConfigurableResource):
                     _retry(lambda: client.set_terminated(active.info.run_id, "KILLED"), attempts=3)
             raise
 
-    def register(self, name: str, model_uri: str, run_id: str, content_hash: str, tags: dict) -> str:
+    def log_dataset(self, manifest, name: str, digest: str, source: str, splits: tuple[str, ...]) -> None:
+        """The active run's input datasets: per split, that split's rows of the manifest as an
+        MLflow dataset named by the data and split, its digest the data's (the DVC md5 where
+        DVC tracks it), so the UI's dataset column and lineage show what the run learnt from."""
+        import mlflow
+        import mlflow.data
+
+        columns = [c for c in ("index", "identity", "identity_name", "path", "split") if c in manifest.columns]
+        for split in splits:
+            rows = manifest.loc[manifest["split"] == split, columns].reset_index(drop=True)
+            dataset = mlflow.data.from_pandas(rows, source=source, name=f"{name}:{split}", digest=digest[:36])
+            _retry(lambda: mlflow.log_input(dataset, context=split))
+
+    def register(self, name: str, model_uri: str, run_id: str, content_hash: str, tags: dict,
+                 description: str = "") -> str:
         """The registered version for this content; created only if no version holds it.
-        A `models:/<model_id>` source (a logged model) is registered with its model_id,
+        `description` is its model card (components.reporting.model_card). A
+        `models:/<model_id>` source (a logged model) is registered with its model_id,
         which an MLflow server requires (a local store accepts it without)."""
         from mlflow.exceptions import MlflowException
 
@@ -295,7 +319,8 @@ class MLflowResource(dg.ConfigurableResource):
                 if mv.tags.get("content_hash") == content_hash:
                     return mv.version
             mv = _retry(lambda: client.create_model_version(name, model_uri, run_id=run_id, model_id=model_id,
-                                                            tags={"content_hash": content_hash, **tags}))
+                                                            tags={"content_hash": content_hash, **tags},
+                                                            description=description or None))
             return mv.version
 
     def alias_version(self, name: str, alias: str) -> str | None:

@@ -65,3 +65,9 @@ def log_system_model(bundle: dict, example: np.ndarray, name: str = "system") ->
             pip_requirements=["torch", "numpy", "mlflow"],
         )
     return info.model_uri
+
+
+def log_training_data(settings, mlflow_res, ds, manifest, splits: tuple[str, ...]) -> None:
+    """The dataset splits the active run learns from, as MLflow inputs with the data's digest."""
+    folder = str(settings.path(settings.params()["data"]["dir"]))
+    mlflow_res.log_dataset(manifest, ds.name, settings.data_digest(ds.version), folder, splits)

@@ -16,7 +16,7 @@ from components.models.fr_model import from_bundle
 from pipelines.assets.model_assets import defense_partitions
 from pipelines.refusals import require_one_dataset
 from pipelines.resources import ComputeResource, MLflowResource, PrivfaceSettings
-from pipelines.tracking import log_params
+from pipelines.tracking import log_params, log_training_data
 
 
 @dg.asset(group_name="attacks", pool="gpu", partitions_def=defense_partitions, kinds={"pytorch", "mlflow"},
@@ -37,6 +37,7 @@ def attack_results(context: dg.AssetExecutionContext, settings: PrivfaceSettings
                                   evaluation)
     bootstrap = settings.bootstrap(dataset_splits["manifest"])
     with mlflow_tracking.run(context, "attack_results", tags={"defense": name}):
+        log_training_data(settings, mlflow_tracking, face_dataset, dataset_splits["manifest"], ("public",))
         for attack_name, attack in ATTACKS.items():
             reason = attack.applies_to(system)
             if reason:

@@ -19,10 +19,11 @@ from components.metrics.embeddings import to_model_tensor
 from components.metrics.plots import roc_plot
 from components.metrics.utility import evaluate_system, pair_scores, scalars
 from components.models.fr_model import FRModel, from_bundle, make_spec, to_bundle, train_fr_model
+from components.reporting.model_card import model_card
 from components.training.ddp_entry import train_fr_model_torchrun
 from pipelines.refusals import require_one_dataset
-from pipelines.resources import ComputeResource, MLflowResource, PrivfaceSettings, content_hash
-from pipelines.tracking import epoch_logger, log_params, log_system_model
+from pipelines.resources import ComputeResource, MLflowResource, PrivfaceSettings, code_version, content_hash
+from pipelines.tracking import epoch_logger, log_params, log_system_model, log_training_data
 
 defense_partitions = dg.StaticPartitionsDefinition(list(DEFENSES))
 
@@ -55,6 +56,7 @@ def _train_fr(context, settings: PrivfaceSettings, compute: ComputeResource, mlf
         shutil.rmtree(ckpt)
     device = compute.device()
     with mlflow_res.run(context, block, tags={"data_version": ds.version}) as run:
+        log_training_data(settings, mlflow_res, ds, manifest, ("train",))
         log_params({"spec": spec, "train": train, "train_images": len(images), "world_size": world_size})
         if world_size > 1:  # torchrun subprocess: data-parallel ranks, output streamed to the run's log
             model, _ = train_fr_model_torchrun(images, labels, spec, train, world_size, device=device,
@@ -115,6 +117,7 @@ def protected_system(context: dg.AssetExecutionContext, settings: PrivfaceSettin
         params["seed"], params["baseline"]["train"])
     with mlflow_tracking.run(context, "protected_system", tags={"defense": name,
                                                                "data_version": face_dataset.version}) as run:
+        log_training_data(settings, mlflow_tracking, face_dataset, manifest, ("train", "public"))
         ctx = DefenseContext(params=params.get(name, {}), train_images=train_x, train_labels=train_y,
                              public_images=public_x, public_labels=public_y, baseline=baseline,
                              train_attributes=split_attributes(manifest, "train"),
@@ -145,8 +148,11 @@ def protected_system(context: dg.AssetExecutionContext, settings: PrivfaceSettin
         model_uri = log_system_model(bundle, example)
         digest = content_hash(bundle["state"])
         registered = settings.registered_model(name)
+        card = model_card(name, threat, utility, data_version=face_dataset.version, code_version=code_version(),
+                          data_digest=settings.data_digest(face_dataset.version))
         version = mlflow_tracking.register(registered, model_uri, run.info.run_id, digest,
-                                           tags={"defense": name, "data_version": face_dataset.version})
+                                           tags={"defense": name, "data_version": face_dataset.version},
+                                           description=card)
         mlflow.set_tags({"registered_model": registered, "model_version": version})
     context.add_output_metadata({
         **{k: dg.MetadataValue.float(v) for k, v in scalars(utility).items()},

@@ -13,7 +13,8 @@ import dagster as dg
 from mlflow.exceptions import MlflowException
 
 from components.reporting.promotion import CHALLENGER, CHAMPION, gate_verdict
-from pipelines.resources import MLflowResource, PrivfaceSettings
+from components.reporting.model_card import model_card
+from pipelines.resources import MLflowResource, PrivfaceSettings, code_version
 
 SCORE_TAGS = ("utility", "privacy", "overall")
 UNMEASURED = "n/a"
@@ -65,6 +66,11 @@ def promotion_candidates(context: dg.AssetExecutionContext, settings: PrivfaceSe
                 "gate_dagster_run_id": context.run_id}
         for key, value in tags.items():
             client.set_model_version_tag(registered, version, key, value)
+        data_version = str(privacy_utility_report.get("dataset", {}).get("version", "unknown"))
+        card = model_card(name, d.get("threat_model", {}), d["utility"], data_version=data_version,
+                          code_version=code_version(), data_digest=settings.data_digest(data_version),
+                          scores=d["scores"], gate=verdict.to_dict())
+        client.update_model_version(registered, version, description=card)
         if not verdict.passed:
             client.set_registered_model_alias(registered, CHALLENGER, version)
         verdicts[name] = {"registered_model": registered, "version": version, "scores": scores,

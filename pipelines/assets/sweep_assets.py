@@ -24,7 +24,7 @@ from pipelines.assets.attack_assets import shared_attacker_work
 from pipelines.assets.model_assets import _fingerprint, defense_partitions
 from pipelines.refusals import require_one_dataset
 from pipelines.resources import ComputeResource, MLflowResource, PrivfaceSettings
-from pipelines.tracking import log_params
+from pipelines.tracking import log_params, log_training_data
 
 
 @dg.asset(group_name="defenses", pool="gpu", partitions_def=defense_partitions, kinds={"pytorch", "mlflow"},
@@ -59,6 +59,7 @@ def defense_sweep(context: dg.AssetExecutionContext, settings: PrivfaceSettings,
     all_attack_params = deep_merge(params.get("attacks", {}), sweep.get("attack_params", {}))
     points = []
     with mlflow_tracking.run(context, "defense_sweep", tags={"defense": name}):
+        log_training_data(settings, mlflow_tracking, face_dataset, dataset_splits["manifest"], ("train", "public"))
         log_params({"knob": knob, "values": values, "attacks": attack_names,
                     "attack_params": sweep.get("attack_params", {}), "params": sweep.get("params", {}),
                     "series": sweep.get("series", {})})

@@ -71,3 +71,11 @@ def test_definitions_hold_the_graph_jobs_schedule_and_sensor():
     assert set(part.get_partition_keys()) == {"baseline", "dctdp", "ppfrfd", "hybrid", "facemae", "advface", "dvpf"}
     for training_asset in ("baseline_fr_model", "evaluation_fr_model", "protected_system", "defense_sweep", "attack_results"):
         assert defs.resolve_assets_def(training_asset).op.pool == "gpu"
+
+
+def test_data_digest_is_the_dvc_md5_where_dvc_tracks_the_data(tmp_path):
+    """MLflow's dataset digest: data.dvc's md5 for the profile's data under data/, the content
+    version for a user's folder elsewhere."""
+    md5 = dvc_data_md5()
+    assert md5 != "none" and PrivfaceSettings(profile="demo").data_digest("v1") == md5
+    assert PrivfaceSettings(profile="demo", data_dir=str(tmp_path)).data_digest("v1") == "v1"

@@ -114,10 +114,22 @@ def test_whole_graph_writes_contract_metrics_tracks_and_registers(pipeline, mlfl
     history = client.get_metric_history(by_asset["baseline"].info.run_id, "train_loss")
     assert len(history) == 2                        # per-epoch metrics, ci profile trains 2 epochs
     assert base["mlflow"]["run_id"] == ps.info.run_id
+    # every run that learns from the data names it as an MLflow input: the split, and the data's
+    # digest (its content version here: a temp folder outside DVC's data/)
+    learnt = {"baseline": {"train"}, "evaluation": {"train"}, "protected_system": {"train", "public"},
+              "attack_results": {"public"}}
+    for asset, splits in learnt.items():
+        inputs = client.get_run(by_asset[asset].info.run_id).inputs.dataset_inputs
+        contexts = {t.value for i in inputs for t in i.tags if t.key == "mlflow.data.context"}
+        assert contexts == splits, (asset, contexts)
+        assert {i.dataset.digest for i in inputs} == {metrics["dataset"]["version"]}, asset
 
     champion = client.get_model_version_by_alias(registered("baseline", ci_data), "champion")
     assert str(champion.version) == base["mlflow"]["model_version"]
     assert champion.tags["gate"] == "passed"
+    card = champion.description                     # the model card, completed at the gate
+    assert "privface `baseline`" in card and "Promotion gate: passed" in card and "Scores:" in card, card
+    assert metrics["dataset"]["version"] in card and "Verification accuracy: 0." in card, card
     # the gate's numbers come from metrics.json and stay on the version for the next run to beat
     assert float(champion.tags["overall"]) == pytest.approx(base["scores"]["overall"], abs=1e-6)
     assert float(champion.tags["privacy"]) == pytest.approx(base["scores"]["privacy"], abs=1e-6)
