@@ -81,6 +81,11 @@ class PrivfaceSettings(dg.ConfigurableResource):
         tracked = (PROJECT_ROOT / "data").resolve()
         return md5 if md5 != "none" and folder.is_relative_to(tracked) else version
 
+    def experiment(self) -> str:
+        """The MLflow experiment of this dataset and profile (params' mlflow.experiment, a
+        template of {dataset} and {profile}): demo, ci and a user's folder never share one."""
+        return self.params()["mlflow"]["experiment"].format(dataset=self.dataset_key(), profile=self.profile)
+
     def registered_model(self, defense: str) -> str:
         """The registry name of a defense's models on this dataset at this image size (the
         canonical images differ with it): a champion is only ever compared with versions
@@ -357,6 +362,6 @@ def build_resources(profile: str = "demo", data_dir: str = "", defenses: str = "
         "compute": ComputeResource(preference=device, threads=int(params.get("threads", 0))),
         "mlflow_tracking": MLflowResource(tracking_uri=mlflow_uri or params["mlflow"]["tracking_uri"],
                                           artifact_root="" if mlflow_uri else params["mlflow"]["artifact_root"],
-                                          experiment=params["mlflow"]["experiment"]),
+                                          experiment=settings.experiment()),
         "io_manager": PrivfaceIOManager(base_dir=str(store)),
     }

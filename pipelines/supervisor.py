@@ -133,9 +133,9 @@ def close_interrupted_runs(session: str, settings, log: Path) -> list[str]:
         return []
     params = settings.params()
     tracking = MLflowResource(tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or params["mlflow"]["tracking_uri"],
-                              experiment=params["mlflow"]["experiment"])
+                              experiment=settings.experiment())
     client = tracking.client()
-    experiment = client.get_experiment_by_name(params["mlflow"]["experiment"])
+    experiment = client.get_experiment_by_name(settings.experiment())
     closed = []
     for run in unfinished:
         if run.status != dg.DagsterRunStatus.CANCELED:

@@ -71,3 +71,21 @@ def log_training_data(settings, mlflow_res, ds, manifest, splits: tuple[str, ...
     """The dataset splits the active run learns from, as MLflow inputs with the data's digest."""
     folder = str(settings.path(settings.params()["data"]["dir"]))
     mlflow_res.log_dataset(manifest, ds.name, settings.data_digest(ds.version), folder, splits)
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text)).strip("_") or "file"
+
+
+def report_artifacts(shared: list, attack_artifacts: dict, defense_artifacts: dict) -> list[tuple[str, str]]:
+    """(file, MLflow artifact folder) for the report run: the report's own files under
+    `report/`, each attack's files under `report/<defense>/<attack>/<label>/` and each
+    defense's under `report/<defense>/defense/<label>/`, so that files of one name (every
+    defense's membership ROC, every grid) never overwrite each other."""
+    out = [(str(p), "report") for p in shared]
+    for d, attacks in attack_artifacts.items():
+        for attack, files in attacks.items():
+            out += [(str(p), f"report/{_slug(d)}/{_slug(attack)}/{_slug(label)}") for label, p in files.items()]
+    for d, files in defense_artifacts.items():
+        out += [(str(p), f"report/{_slug(d)}/defense/{_slug(label)}") for label, p in files.items()]
+    return out

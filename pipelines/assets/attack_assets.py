@@ -13,6 +13,7 @@ from components.data.ingest import FaceDataset
 from components.defenses import load_system
 from components.metrics.intervals import as_lists
 from components.models.fr_model import from_bundle
+from pipelines.metadata import meta_json
 from pipelines.assets.model_assets import defense_partitions
 from pipelines.refusals import require_one_dataset
 from pipelines.resources import ComputeResource, MLflowResource, PrivfaceSettings
@@ -66,7 +67,7 @@ def attack_results(context: dg.AssetExecutionContext, settings: PrivfaceSettings
     context.add_output_metadata({
         "attacks_run": len(measures),
         "attacks_registered": len(ATTACKS),
-        "measures": dg.MetadataValue.json(measures),
+        "measures": meta_json(measures),
         "not_applicable": dg.MetadataValue.json(not_applicable),
         "shared_work_reused": dg.MetadataValue.json(shared.hits),
     })

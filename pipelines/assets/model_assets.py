@@ -21,6 +21,7 @@ from components.metrics.utility import evaluate_system, pair_scores, scalars
 from components.models.fr_model import FRModel, from_bundle, make_spec, to_bundle, train_fr_model
 from components.reporting.model_card import model_card
 from components.training.ddp_entry import train_fr_model_torchrun
+from pipelines.metadata import meta_float, meta_json
 from pipelines.refusals import require_one_dataset
 from pipelines.resources import ComputeResource, MLflowResource, PrivfaceSettings, code_version, content_hash
 from pipelines.tracking import epoch_logger, log_params, log_system_model, log_training_data
@@ -69,7 +70,7 @@ def _train_fr(context, settings: PrivfaceSettings, compute: ComputeResource, mlf
                                              device=device)
         mlflow.log_metrics({f"test_{k}": v for k, v in utility.items()})
     context.add_output_metadata({
-        **{k: dg.MetadataValue.float(float(v)) for k, v in utility.items()},
+        **{k: meta_float(v) for k, v in utility.items()},
         "epochs": len(model.history),
         "final_train_acc": float(model.history[-1]["train_acc"]) if model.history else 0.0,
         "device": str(device),
@@ -145,7 +146,7 @@ def protected_system(context: dg.AssetExecutionContext, settings: PrivfaceSettin
             log_params({"measures": measures})
         bundle = system_bundle(system)
         example = to_model_tensor(face_dataset.images[manifest["index"].to_numpy()[:4]]).numpy()
-        model_uri = log_system_model(bundle, example)
+        model_uri = log_system_model(bundle, example, name=f"privface-{name}")
         digest = content_hash(bundle["state"])
         registered = settings.registered_model(name)
         card = model_card(name, threat, utility, data_version=face_dataset.version, code_version=code_version(),
@@ -154,18 +155,23 @@ def protected_system(context: dg.AssetExecutionContext, settings: PrivfaceSettin
                                            tags={"defense": name, "data_version": face_dataset.version},
                                            description=card)
         mlflow.set_tags({"registered_model": registered, "model_version": version})
+        # the registry's record of that version: weights equal to an earlier run's reuse its
+        # version, whose model and run are that run's, and the metadata must say so
+        held = mlflow_tracking.client().get_model_version(registered, version)
     context.add_output_metadata({
-        **{k: dg.MetadataValue.float(v) for k, v in scalars(utility).items()},
-        "ci95": dg.MetadataValue.json(utility.get("ci95", {})),
+        **{k: meta_float(v) for k, v in scalars(utility).items()},
+        "ci95": meta_json(utility.get("ci95", {})),
         "operating_point": dg.MetadataValue.json(system.operating_point()),
         "threat_model": dg.MetadataValue.json(threat),
         "registered_model": registered,
         "model_version": version,
+        "model_uri": held.source,
+        "model_run_id": held.run_id,
         "mlflow_run_id": run.info.run_id,
         "data_version": face_dataset.version,
     })
     return {**bundle, "data_version": face_dataset.version, "threat_model": threat, "utility": utility,
             "measures": measures,
             "artifacts": artifacts, "pair_scores": scores.astype(np.float32).tolist(),
-            "mlflow": {"run_id": run.info.run_id, "model_uri": model_uri, "model_version": str(version),
+            "mlflow": {"run_id": run.info.run_id, "model_uri": held.source, "model_version": str(version),
                        "registered_model": registered}}

@@ -14,6 +14,7 @@ from mlflow.exceptions import MlflowException
 
 from components.reporting.promotion import CHALLENGER, CHAMPION, gate_verdict
 from components.reporting.model_card import model_card
+from pipelines.metadata import meta_json
 from pipelines.resources import MLflowResource, PrivfaceSettings, code_version
 
 SCORE_TAGS = ("utility", "privacy", "overall")
@@ -102,5 +103,5 @@ def registered_model(context: dg.AssetExecutionContext, mlflow_tracking: MLflowR
         decisions[name] = {"registered_model": registered, "version": version, "alias": v["alias"],
                            "passed": v["passed"], "reasons": v["reasons"], "previous_champion": previous,
                            "champion_version": None if held is None else str(held)}
-    context.add_output_metadata({"decisions": dg.MetadataValue.json(decisions)})
+    context.add_output_metadata({"decisions": meta_json(decisions)})
     return decisions

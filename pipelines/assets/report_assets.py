@@ -2,6 +2,8 @@
 promotion that follows it lives in promotion_assets.py."""
 
 
+from pathlib import Path
+
 import dagster as dg
 import mlflow
 import numpy as np
@@ -14,6 +16,7 @@ from components.reporting.sweeps import with_operating_point
 from pipelines.io_manager import ALL_PARTITIONS
 from pipelines.refusals import require_one_dataset
 from pipelines.resources import MLflowResource, PrivfaceSettings
+from pipelines.tracking import report_artifacts
 
 
 @dg.asset(group_name="report", kinds={"python", "mlflow"},
@@ -54,13 +57,14 @@ def privacy_utility_report(context: dg.AssetExecutionContext, settings: Privface
                "identities": int(manifest["identity"].nunique()), "images": int(len(manifest))}
     metrics = build_metrics(dataset, results)
     reports = settings.reports_dir()
+    attack_artifacts = {d: attack_results[d].get("artifacts", {}) for d in wanted}
+    defense_artifacts = {d: protected_system[d].get("artifacts", {}) for d in wanted}
     figures = report_figures(
         metrics, reports, labels=dataset_splits["pairs"]["label"].to_numpy(),
         pair_scores={d: np.asarray(protected_system[d]["pair_scores"]) for d in wanted},
         histories={"baseline": baseline_fr_model["history"], "evaluation": evaluation_fr_model["history"]},
         sweeps={d: results[d]["sweep"] for d in wanted if d in defense_sweep},
-        attack_artifacts={d: attack_results[d].get("artifacts", {}) for d in wanted},
-        defense_artifacts={d: protected_system[d].get("artifacts", {}) for d in wanted})
+        attack_artifacts=attack_artifacts, defense_artifacts=defense_artifacts)
     strength = {d: attack_results[d].get("strength", {}) for d in wanted}
     metrics_path = write_json(metrics, reports / "metrics.json")
     html_path = render_report(metrics, figures, reports / "report.html", profile=params["profile"],
@@ -69,8 +73,11 @@ def privacy_utility_report(context: dg.AssetExecutionContext, settings: Privface
         for name, d in metrics["defenses"].items():
             mlflow.log_metrics({f"{name}.{block}.{k}": v for block in ("utility", "scores")
                                 for k, v in scalars(d[block]).items()})
-        for path in [metrics_path, html_path, *(p for section in figures.values() for p in section.values())]:
-            mlflow.log_artifact(str(path), artifact_path="report")
+        drawn = {p for section in figures.values() for p in section.values()
+                 if Path(p).resolve().parent == reports.resolve()}   # the report's own figures
+        for path, folder in report_artifacts([metrics_path, html_path, *sorted(drawn)], attack_artifacts,
+                                             defense_artifacts):
+            mlflow.log_artifact(path, artifact_path=folder)
     context.add_output_metadata({
         "metrics_json": str(metrics_path),
         "report_html": str(html_path),

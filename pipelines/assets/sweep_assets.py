@@ -20,6 +20,7 @@ from components.defenses import DefenseContext, get_defense, sweep_systems
 from components.metrics.utility import evaluate_system
 from components.models.fr_model import from_bundle
 from components.attacks.variants import run_variants
+from pipelines.metadata import meta_json
 from pipelines.assets.attack_assets import shared_attacker_work
 from pipelines.assets.model_assets import _fingerprint, defense_partitions
 from pipelines.refusals import require_one_dataset
@@ -111,7 +112,7 @@ def defense_sweep(context: dg.AssetExecutionContext, settings: PrivfaceSettings,
                                  f"{utility['verification_accuracy']:.4f}, attacks {attacks}")
     context.add_output_metadata({"points": len(points), "knob": knob,
                                  "shared_work_reused": dg.MetadataValue.json(shared.hits),
-                                 "sweep": dg.MetadataValue.json(points)})
+                                 "sweep": meta_json(points)})
     return {"knob": knob, "points": points, "attacks": attack_names, "params": sweep.get("params", {}),
             "attack_params": sweep.get("attack_params", {}), "series": sweep.get("series", {}),
             "data_version": version}

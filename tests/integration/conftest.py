@@ -93,3 +93,11 @@ def registered(defense: str, data_dir: Path | None = None, profile: str = "ci") 
     from pipelines.resources import PrivfaceSettings
 
     return PrivfaceSettings(profile=profile, data_dir=str(data_dir or "")).registered_model(defense)
+
+
+def privface_experiment(client):
+    """The one MLflow experiment a test's store holds (named per dataset and profile:
+    params' mlflow.experiment)."""
+    found = [e for e in client.search_experiments() if e.name.startswith("privface-")]
+    assert len(found) == 1, [e.name for e in found]
+    return found[0]

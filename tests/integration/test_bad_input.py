@@ -22,7 +22,7 @@ import pytest
 from components.data.ingest import load_dataset
 from pipelines.definitions import build_definitions
 from pipelines.resources import PrivfaceSettings
-from tests.integration.conftest import ROOT, orl_copy, params_file
+from tests.integration.conftest import ROOT, orl_copy, params_file, privface_experiment
 
 pytestmark = pytest.mark.integration
 
@@ -213,7 +213,7 @@ def _closed(dagster_run_prefix: str | None, mlflow_uri: str, since: set[str], ti
                 and (dagster_run_prefix is None or r.run_id.startswith(dagster_run_prefix))]
         if runs:
             (run,) = runs
-            exp = client.get_experiment_by_name("privface")
+            exp = privface_experiment(client)
             ml = {r.data.tags["asset"]: r.info.status for r in client.search_runs(
                 [exp.experiment_id], filter_string=f"tags.dagster_run_id = '{run.run_id}'")}
             if run.status == dg.DagsterRunStatus.CANCELED and "RUNNING" not in ml.values():

@@ -21,7 +21,7 @@ import mlflow
 import pytest
 from dagster._core.storage.dagster_run import DagsterRunStatus
 
-from tests.integration.conftest import registered
+from tests.integration.conftest import privface_experiment, registered
 
 pytestmark = pytest.mark.integration
 
@@ -80,8 +80,7 @@ def test_two_pipeline_runs_at_once_on_the_same_stores(tmp_path, ci_data, dagster
 
     # MLflow: every run of both pipelines is there, finished, tagged with its Dagster run
     client = mlflow.MlflowClient(mlflow_uri, mlflow_uri)
-    exp = client.get_experiment_by_name("privface")
-    assert len(client.search_experiments(filter_string="name = 'privface'")) == 1
+    exp = privface_experiment(client)                # one experiment, created once by two runs
     epochs_logged = []
     for ids in run_ids:
         for job, assets in (("prepare", {"baseline", "evaluation"}), ("defend_and_attack", {"protected_system"})):

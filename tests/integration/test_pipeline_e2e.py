@@ -13,7 +13,7 @@ import pytest
 from components.config import ParamsError
 from components.metrics.embeddings import to_model_tensor
 from pipelines.definitions import build_definitions
-from tests.integration.conftest import registered
+from tests.integration.conftest import privface_experiment, registered
 
 pytestmark = pytest.mark.integration
 
@@ -101,7 +101,7 @@ def test_whole_graph_writes_contract_metrics_tracks_and_registers(pipeline, mlfl
 
     # MLflow: one run per asset partition, tagged; the registered version and alias
     client = mlflow.MlflowClient(mlflow_uri, mlflow_uri)
-    exp = client.get_experiment_by_name("privface")
+    exp = privface_experiment(client)
     runs = client.search_runs([exp.experiment_id], filter_string=f"tags.dagster_run_id = '{result.run_id}'")
     by_asset = {r.data.tags["asset"]: r for r in runs}
     assert set(by_asset) == {"baseline", "evaluation", "protected_system", "attack_results",
@@ -127,6 +127,15 @@ def test_whole_graph_writes_contract_metrics_tracks_and_registers(pipeline, mlfl
     champion = client.get_model_version_by_alias(registered("baseline", ci_data), "champion")
     assert str(champion.version) == base["mlflow"]["model_version"]
     assert champion.tags["gate"] == "passed"
+    # the report run keeps each defense's attack files under its own folder (none overwritten)
+    def files(run_id, path):
+        for f in client.list_artifacts(run_id, path):
+            yield from (files(run_id, f.path) if f.is_dir else [f.path])
+    report_files = list(files(by_asset["privacy_utility_report"].info.run_id, "report"))
+    for attack in ("membership_inference", "template_inversion"):
+        assert any(f.startswith(f"report/baseline/{attack}/") and f.endswith(".png") for f in report_files), \
+            (attack, report_files)
+    assert "report/metrics.json" in report_files and "report/report.html" in report_files
     card = champion.description                     # the model card, completed at the gate
     assert "privface `baseline`" in card and "Promotion gate: passed" in card and "Scores:" in card, card
     assert metrics["dataset"]["version"] in card and "Verification accuracy: 0." in card, card
@@ -147,6 +156,14 @@ def test_whole_graph_writes_contract_metrics_tracks_and_registers(pipeline, mlfl
     versions = client.search_model_versions(f"name = '{registered('baseline', ci_data)}'")
     assert len(versions) == 1
     assert client.get_model_version_by_alias(registered("baseline", ci_data), "champion").version == champion.version
+    # the rerun's metadata names the version the registry holds, with that version's model and run
+    (mat,) = again.asset_materializations_for_node("protected_system")
+    meta = {k: v.value for k, v in mat.metadata.items()}
+    assert str(meta["model_version"]) == str(champion.version)
+    assert (meta["model_uri"], meta["model_run_id"]) == (champion.source, champion.run_id)
+    assert meta["model_run_id"] == ps.info.run_id != meta["mlflow_run_id"]
+    acc = meta["verification_accuracy"]
+    assert acc == float(f"{acc:.4g}")                 # four significant digits in the UI
 
 
 def test_failing_defense_fails_clearly_and_leaves_registry_alone(tmp_path, ci_data, dagster_home, mlflow_uri):
@@ -165,7 +182,7 @@ def test_failing_defense_fails_clearly_and_leaves_registry_alone(tmp_path, ci_da
     client = mlflow.MlflowClient(mlflow_uri, mlflow_uri)
     assert client.search_registered_models(f"name = '{registered('dctdp', ci_data)}'") == []
     # its MLflow run is marked FAILED, not left running
-    exp = client.get_experiment_by_name("privface")
+    exp = privface_experiment(client)
     runs = client.search_runs([exp.experiment_id], filter_string="tags.partition = 'dctdp' and tags.asset = 'protected_system'")
     assert runs and all(r.info.status == "FAILED" for r in runs), [(r.data.tags["asset"], r.info.status) for r in runs]
 
@@ -214,7 +231,7 @@ def test_frequency_defense_partition_with_sweep(tmp_path, ci_data, dagster_home,
     assert "Sweeps: utility against the privacy measure" in (tmp / "reports" / "report.html").read_text()
     client = mlflow.MlflowClient(mlflow_uri, mlflow_uri)
     assert client.get_model_version_by_alias(registered("dctdp", ci_data), "champion").version == int(d["mlflow"]["model_version"])
-    exp = client.get_experiment_by_name("privface")
+    exp = privface_experiment(client)
     runs = client.search_runs([exp.experiment_id], filter_string="tags.asset = 'defense_sweep' and tags.partition = 'dctdp'")
     assert len(runs) == 1 and len(client.get_metric_history(runs[0].info.run_id, "sweep_verification_accuracy")) == 4
 
@@ -253,7 +270,7 @@ def test_attacker_work_is_shared_between_partitions_with_the_same_surface(tmp_pa
     assert adv["attacks"]["model_inversion"] == base["attacks"]["model_inversion"]
     assert adv["attacks"]["template_inversion"] != base["attacks"]["template_inversion"]   # its own stored templates
     client = mlflow.MlflowClient(mlflow_uri, mlflow_uri)
-    exp = client.get_experiment_by_name("privface")
+    exp = privface_experiment(client)
     run = client.search_runs([exp.experiment_id],
                              filter_string="tags.asset = 'attack_results' and tags.partition = 'advface'")[0]
     assert run.data.params["representation_recovery.shared_from"] == "baseline"

@@ -41,7 +41,7 @@ def new_version(resources, tmp_path, defense: str, weights: str) -> str:
     artifact, registered the way protected_system registers (keyed by content hash)."""
     tracking = resources["mlflow_tracking"]
     client = tracking.client()
-    run = client.create_run(client.get_experiment_by_name("privface").experiment_id)
+    run = client.create_run(client.get_experiment_by_name(tracking.experiment).experiment_id)
     model = tmp_path / f"{defense}-{weights}"
     model.mkdir()
     (model / "weights.txt").write_text(weights)

@@ -18,7 +18,7 @@ import torch
 
 from components.training.checkpoint import load_checkpoint
 from pipelines.definitions import build_definitions
-from tests.integration.conftest import ROOT, registered
+from tests.integration.conftest import ROOT, privface_experiment, registered
 
 pytestmark = pytest.mark.integration
 
@@ -86,7 +86,7 @@ def test_training_killed_mid_run_resumes_from_its_checkpoint_when_rematerialized
 
     # only the epochs after the kill were trained: the resumed MLflow run logged just those
     client = mlflow.MlflowClient(mlflow_uri, mlflow_uri)
-    exp = client.get_experiment_by_name("privface")
+    exp = privface_experiment(client)
     (resumed,) = client.search_runs([exp.experiment_id],
                                     filter_string=f"tags.dagster_run_id = '{run_id}' and tags.asset = 'baseline'")
     assert resumed.info.status == "FINISHED"
@@ -131,7 +131,7 @@ def test_a_failing_asset_fails_its_dagster_run_and_marks_its_mlflow_run_failed(t
     assert "eps_mean must be > 0, got -1.0" in failure.event_specific_data.error.to_string()
 
     client = mlflow.MlflowClient(mlflow_uri, mlflow_uri)
-    exp = client.get_experiment_by_name("privface")
+    exp = privface_experiment(client)
     runs = {r.data.tags["asset"]: r for r in client.search_runs(
         [exp.experiment_id], filter_string=f"tags.dagster_run_id = '{result.run_id}'")}
     assert runs["protected_system"].data.tags["partition"] == "dctdp"

@@ -16,6 +16,7 @@ from pipelines.definitions import defs as project_defs
 from pipelines.resources import PrivfaceSettings
 from tests.integration.test_dvc import dvc_md5, new_repo, sh
 from tests.integration.test_pipeline_e2e import failures, pipeline  # noqa: F401  (pipeline: a fixture)
+from tests.integration.conftest import privface_experiment
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +64,7 @@ def _count_by_partition(instance, asset: str) -> collections.Counter:
 
 
 def _mlflow_runs(client, partition: str) -> int:
-    exp = client.get_experiment_by_name("privface")
+    exp = privface_experiment(client)
     return len(client.search_runs([exp.experiment_id],
                                   filter_string=f"tags.asset = 'protected_system' and tags.partition = '{partition}'"))
 

@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from tests.integration.servers import HOST, free_port, listening_on, running_server, wait_for
-from tests.integration.conftest import registered
+from tests.integration.conftest import privface_experiment, registered
 
 pytestmark = pytest.mark.integration
 
@@ -189,7 +189,7 @@ def test_pipeline_tracks_to_an_mlflow_server(tmp_path, ci_data, dagster_home, mo
             results[job] = result.run_id
 
         client = mlflow.MlflowClient(uri, uri)
-        exp = client.get_experiment_by_name("privface")
+        exp = privface_experiment(client)
         assert exp is not None, server.log()
         assert exp.artifact_location.startswith("mlflow-artifacts:")   # the server chose it: proxied
         runs = client.search_runs([exp.experiment_id])
