@@ -29,12 +29,17 @@ from pipelines import telemetry  # noqa: F401
 from pipelines.failures import block  # noqa: E402
 from pipelines.resources import PROJECT_ROOT  # noqa: E402
 
-DAGSTER_YAML = """# privface Dagster instance: no telemetry; one training step at a time in the gpu pool
+DAGSTER_YAML = """# privface Dagster instance: no telemetry; one training step at a time in the gpu pool;
+# the components' module loggers reach each run's event log
 telemetry:
   enabled: false
 concurrency:
   pools:
     default_limit: 1
+python_logs:
+  managed_python_loggers:
+    - components
+  python_log_level: INFO
 """
 CHILD_ENV = "PRIVFACE_SESSION"   # set in the supervised child: run the stages here
 CLOSE_ENV = "PRIVFACE_CLOSE"     # set in the detached closer after a second Ctrl-C: close that session's runs
@@ -57,6 +62,19 @@ def ensure_dagster_home() -> Path:
             cfg.write_text(DAGSTER_YAML)
         dg.DagsterInstance.get().dispose()
     return home
+
+
+def _console_logging(level: str) -> None:
+    """The components' log records (per-epoch progress of defenses and attacks) on the
+    console at `level`, as their progress lines were; Dagster's instance config takes the
+    same records into each run's event log."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    components = logging.getLogger("components")
+    components.setLevel(level)
+    components.addHandler(handler)
 
 
 def _print_table(metrics: dict) -> None:
@@ -170,6 +188,7 @@ def run_stages(args) -> int:
     if "baseline" not in defenses:
         defenses.insert(0, "baseline")
     instance = dg.DagsterInstance.get()
+    _console_logging(args.log_level or "INFO")
     quiet = not (args.verbose or args.log_level)
     log_config = {"loggers": {"console": {"config": {"log_level": "CRITICAL" if quiet else
                                                      (args.log_level or "INFO")}}}}
@@ -324,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--reports-dir", help="where metrics.json and report.html go (default: reports/)")
     run.add_argument("--verbose", action="store_true", help="Dagster's event log on the console too")
     run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                     help="level of Dagster's console log (implies --verbose)")
+                     help="level of Dagster's console log and of the components' progress lines (implies --verbose)")
     run.add_argument("--seed", type=int, default=0,
                      help="train and attack with another seed (0: the profile as it is; see `privface study`)")
     run.set_defaults(func=cmd_run)

@@ -16,6 +16,8 @@ Threat model of the attacks that use this: the attacker trains only on public id
 
 from __future__ import annotations
 
+import logging
+
 import math
 import tempfile
 from dataclasses import asdict, dataclass
@@ -32,6 +34,8 @@ from components.attacks.base import NotApplicable
 from components.config import config_from  # noqa: F401  (re-exported: attacks read their params with it)
 from components.metrics.embeddings import to_model_tensor
 from components.metrics.reconstruction import _as_float_images, reconstruction_measures
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "reconstruction_grid",
@@ -213,7 +217,7 @@ def fit_reconstructor(net: nn.Module, train_x: torch.Tensor, batch_loss, cfg, ge
             total += float(loss.detach())
         history.append(total / max(1, steps_per_epoch))
         if progress:
-            print(f"[{label}] epoch {epoch + 1}/{cfg.epochs} loss {history[-1]:.4f}")
+            logger.info("[%s] epoch %d/%d loss %.4f", label, epoch + 1, cfg.epochs, history[-1])
     net.eval()
     return history
 

@@ -48,6 +48,8 @@ colour follow it), so removing it costs verification: the lam sweep draws that t
 
 from __future__ import annotations
 
+import logging
+
 import copy
 import dataclasses
 import math
@@ -70,6 +72,8 @@ from components.metrics.mixture_information import nats_to_bits, release_informa
 from components.metrics.embeddings import to_model_tensor
 from components.models.fr_model import build_fr_model
 from components.models.heads import get_head
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["DVPFConfig", "DVPFDefense", "DVPFSystem", "GaussianEncoder", "fresh_leakage", "DEFENSE"]
 
@@ -455,8 +459,8 @@ def _train(data: _Data, cfg: DVPFConfig, num_classes: int, seed: int, device, pr
             sums["leak"] += float(leak.detach())
         history.append({k: v / max(1, steps) for k, v in sums.items()})
         if progress:
-            print(f"[dvpf lam={cfg.lam}] epoch {epoch + 1}/{cfg.epochs} " +
-                  " ".join(f"{k} {v:.4f}" for k, v in history[-1].items()))
+            logger.info("[dvpf lam=%s] epoch %d/%d %s", cfg.lam, epoch + 1, cfg.epochs,
+                        " ".join(f"{k} {v:.4f}" for k, v in history[-1].items()))
     for m in (encoder, head, adv_all, decoder):
         if m is not None:
             m.eval()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 from torch import Tensor, nn
 
 
@@ -96,7 +95,3 @@ def _init_weights(module: nn.Module) -> None:
 
 __all__ = ["BasicBlock", "ResNetSmall", "resnet_small"]
 
-
-if __name__ == "__main__":  # pragma: no cover - quick shape check
-    net = ResNetSmall()
-    print(net(torch.zeros(2, 3, 64, 64)).shape, sum(p.numel() for p in net.parameters()))

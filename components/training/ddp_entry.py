@@ -19,6 +19,8 @@ torchrun, streams its output line by line (epoch lines to ``on_epoch_end``, the 
 
 from __future__ import annotations
 
+import logging
+
 import argparse
 import json
 import sys
@@ -34,6 +36,8 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from components.atomic import atomic_write, atomic_write_text
 from components.models.fr_model import FRModel, from_bundle, to_bundle, train_fr_model_and_result
 from components.training.distributed import init_process_group, run_streaming, torchrun_command, worker_env
+
+logger = logging.getLogger(__name__)
 
 EVENT = "@privface-epoch "  # prefix of the per-epoch JSON lines rank 0 prints
 
@@ -57,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             images, labels = data["images"], data["labels"]
 
         def emit(epoch: int, metrics: dict) -> None:
-            print(EVENT + json.dumps({**metrics, "epoch": epoch}), flush=True)
+            sys.stdout.write(EVENT + json.dumps({**metrics, "epoch": epoch}) + "\n")   # the parent reads these
+            sys.stdout.flush()
 
         model, result = train_fr_model_and_result(images, labels, job["spec"], job["train"], device=device,
                                                   checkpoint_dir=args.checkpoint_dir, on_epoch_end=emit,
@@ -90,7 +95,7 @@ def train_fr_model_torchrun(images: np.ndarray, labels: np.ndarray, spec: dict, 
     device = torch.device(device)
     if device.type == "cuda" and torch.cuda.device_count() < world_size:
         raise RuntimeError(f"world_size={world_size} needs {world_size} GPUs; {torch.cuda.device_count()} visible")
-    log = log or (lambda line: print(line, file=sys.stderr))
+    log = log or logger.info
     if work_dir is not None:
         Path(work_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="torchrun-", dir=work_dir) as tmp:

@@ -31,6 +31,8 @@ seed (None: the context's).
 
 from __future__ import annotations
 
+import logging
+
 import copy
 import dataclasses
 import hashlib
@@ -52,6 +54,8 @@ from components.metrics.embeddings import to_model_tensor
 from components.models.fr_model import FRModel, build_fr_model, make_spec, train_fr_model
 from components.training.checkpoint import fingerprint, load_checkpoint, save_checkpoint
 from components.training.loop import TrainConfig
+
+logger = logging.getLogger(__name__)
 
 # The baseline's training settings (params.yaml defaults.baseline.train): the FR model of
 # this partition trains exactly like the baseline, only on other images.
@@ -253,8 +257,8 @@ def train_mae(mae: MaskedAutoencoder, images_uint8: np.ndarray, irm: IRMLoss | N
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, {f"mae_{k}": v for k, v in metrics.items()})
         if progress:
-            print(f"[facemae] MAE epoch {epoch + 1}/{cfg.mae_epochs} "
-                  + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()), flush=True)
+            logger.info("[facemae] MAE epoch %d/%d %s", epoch + 1, cfg.mae_epochs,
+                        " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     mae.eval()
     return history
 
