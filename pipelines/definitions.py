@@ -22,6 +22,7 @@ from pipelines.assets.report_assets import privacy_utility_report  # noqa: E402
 from pipelines.assets.sweep_assets import defense_sweep  # noqa: E402
 from pipelines.automation import data_change_sensor, weekly_retraining  # noqa: E402
 from pipelines.checks import ALL_CHECKS  # noqa: E402
+from pipelines.code_versions import with_code_versions  # noqa: E402
 from pipelines.jobs import ALL_JOBS  # noqa: E402
 from pipelines.resources import PROJECT_ROOT, build_resources  # noqa: E402
 
@@ -30,9 +31,12 @@ ASSETS = [face_dataset, dataset_splits, baseline_fr_model, evaluation_fr_model, 
 
 
 def build_definitions(**resource_kwargs) -> dg.Definitions:
-    return dg.Definitions(assets=ASSETS, asset_checks=ALL_CHECKS, jobs=ALL_JOBS,
-                          schedules=[weekly_retraining], sensors=[data_change_sensor],
-                          resources=build_resources(**resource_kwargs))
+    """The project's Definitions for one configuration; each asset's code version is the
+    digest of its code and of the params it reads (pipelines/code_versions.py)."""
+    resources = build_resources(**resource_kwargs)
+    assets = with_code_versions(ASSETS, resources["settings"].params())
+    return dg.Definitions(assets=assets, asset_checks=ALL_CHECKS, jobs=ALL_JOBS,
+                          schedules=[weekly_retraining], sensors=[data_change_sensor], resources=resources)
 
 
 defs = build_definitions(

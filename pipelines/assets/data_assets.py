@@ -127,7 +127,8 @@ def face_dataset(context: dg.AssetExecutionContext, settings: PrivfaceSettings):
     shutil.rmtree(docs, ignore_errors=True)
     with contextlib.suppress(OSError):
         staging.rmdir()   # only if no refused set's Data Docs wait there
-    yield dg.Output(ds, metadata={
+    # Dagster's data version of the dataset: the DVC md5 where DVC tracks it, else its content version
+    yield dg.Output(ds, data_version=dg.DataVersion(settings.data_digest(ds.version)), metadata={
         "identities": int(ds.manifest["identity"].nunique()),
         "images": len(ds.manifest),
         "image_size": int(data["image_size"]),
