@@ -13,14 +13,13 @@ as one sweep (shared baseline features). One torch thread; about 20-60 s per poi
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 
 import torch
 
-from benchmarks.demo_store import load_store
+from benchmarks.demo_store import bench_parser, load_store
 from components.attacks.variants import split_variants
 from components.defenses import get_defense
 from components.metrics.utility import evaluate_system
@@ -31,11 +30,8 @@ def _rounded(d: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--store", default="artifacts/demo/store")
-    ap.add_argument("--profile", default="demo")
+    ap = bench_parser(__doc__)
     ap.add_argument("--run", action="append", required=True, help="JSON merged over the dvpf block, with `lams`")
-    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 

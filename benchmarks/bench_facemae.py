@@ -13,24 +13,20 @@ network, the MAE and an FR model, one torch thread: a few minutes on CPU.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
 
 import torch
 
-from benchmarks.demo_store import load_store, rounded
+from benchmarks.demo_store import bench_parser, load_store, rounded
 from components.defenses import get_defense
 from components.metrics.utility import evaluate_system
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--store", default="artifacts/demo/store")
-    ap.add_argument("--profile", default="demo")
+    ap = bench_parser(__doc__)
     ap.add_argument("--run", action="append", required=True, help="JSON merged over the facemae block")
-    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     store = load_store(args.store, args.profile)

@@ -15,7 +15,6 @@ Expensive on CPU: a 32-epoch hybrid takes about 2 minutes on 2 cores, model inve
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -23,23 +22,20 @@ import time
 import torch
 from scipy.stats import binomtest
 
-from benchmarks.demo_store import load_store
+from benchmarks.demo_store import bench_parser, load_store
 from components.attacks.variants import split_variants
 from components.defenses import get_defense
 from components.metrics.utility import evaluate_system
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--store", default="artifacts/demo/store")
-    ap.add_argument("--profile", default="demo")
+    ap = bench_parser(__doc__)
     ap.add_argument("--epochs", type=int, default=0, help="hybrid's FR epochs; 0: the profile's")
     ap.add_argument("--ppfrfd-epochs", type=int, default=0, help="0: the profile's")
     ap.add_argument("--variants", default="policy,k2,ppfrfd")
     ap.add_argument("--set", default="{}", help="JSON merged over the hybrid block")
     ap.add_argument("--mi", action="store_true", help="run model inversion too")
     ap.add_argument("--mi-steps", type=int, default=0, help="0: the profile's")
-    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
     store = load_store(args.store, args.profile)

@@ -4,6 +4,7 @@ that build a defense and run an attack on them, as the pipeline's assets would."
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from components.metrics.intervals import IdentityBootstrap
 from components.models.fr_model import FRModel, from_bundle
 from pipelines.io_manager import fetch
 
-__all__ = ["DemoStore", "load_store", "rounded"]
+__all__ = ["DemoStore", "bench_parser", "load_store", "rounded"]
 
 
 @dataclass
@@ -66,6 +67,15 @@ class DemoStore:
                             workdir=workdir, bootstrap=boot)
         torch.manual_seed(seed)
         return run_variants(ATTACKS[name], ctx) if variants else with_intervals(ATTACKS[name].run(ctx))
+
+
+def bench_parser(doc: str) -> argparse.ArgumentParser:
+    """A benchmark's argument parser with the options every store benchmark shares."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--store", default="artifacts/demo/store", help="a finished `make demo` store (read only)")
+    ap.add_argument("--profile", default="demo")
+    ap.add_argument("--seed", type=int, default=0)
+    return ap
 
 
 def load_store(store: str | Path = "artifacts/demo/store", profile: str = "demo") -> DemoStore:

@@ -16,20 +16,10 @@ import numpy as np
 import pandas as pd
 
 from components.data.errors import DataError
+from components.data.formats.text import numbered_fields
 
 _INT = re.compile(r"[0-9]+")
 _VALUES = {"1", "-1"}
-
-
-def _lines(path: Path) -> list[tuple[int, list[str]]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(path, f"cannot be read: {e}") from e
-    lines = [(n, line.split()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    if not lines:
-        raise DataError(path, "empty file")
-    return lines
 
 
 def _unique(path: Path, files: list[str], numbers: list[int]) -> None:
@@ -44,7 +34,7 @@ def read_celeba_identities(path: str | Path) -> pd.DataFrame:
     """``identity_CelebA.txt`` as columns file, identity (int)."""
     path = Path(path)
     files, ids, numbers = [], [], []
-    for n, fields in _lines(path):
+    for n, fields in numbered_fields(path):
         if len(fields) != 2 or not _INT.fullmatch(fields[1]):
             raise DataError(path, f"line {n}: expected '<file> <identity number>', got {' '.join(fields)!r}")
         files.append(fields[0])
@@ -57,7 +47,7 @@ def read_celeba_identities(path: str | Path) -> pd.DataFrame:
 def read_celeba_attributes(path: str | Path) -> pd.DataFrame:
     """``list_attr_celeba.txt`` as columns file, then one 0/1 column per attribute (from -1/1)."""
     path = Path(path)
-    lines = _lines(path)
+    lines = numbered_fields(path)
     (n0, count), rest = lines[0], lines[1:]
     if len(count) != 1 or not _INT.fullmatch(count[0]):
         raise DataError(path, f"line {n0}: expected the number of images, got {' '.join(count)!r}")

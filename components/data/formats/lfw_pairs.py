@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from components.data.errors import DataError
+from components.data.formats.text import numbered_fields
 
 _NAME = re.compile(r"[^/\\\s]+")
 _NUM = re.compile(r"[0-9]+")
@@ -42,13 +43,7 @@ def read_lfw_pairs(path: str | Path, image_root: str | Path | None = None) -> pd
 
     Paths are relative ("Name/Name_0001.jpg") or, with `image_root`, under it and checked to exist."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(path, f"cannot be read: {e}") from e
-    lines = [(n, line.split()) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-    if not lines:
-        raise DataError(path, "empty file: expected the header '<folds> <pairs per fold>'")
+    lines = numbered_fields(path, "empty file: expected the header '<folds> <pairs per fold>'")
     folds, per_fold = _header(path, *lines[0])
     body = lines[1:]
     if len(body) != 2 * folds * per_fold:
