@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,7 +49,7 @@ from components.defenses.base import DefenseContext, ProtectedSystem, ThreatMode
 from components.metrics.embeddings import to_model_tensor
 from components.metrics.reconstruction import ssim_psnr
 from components.models.fr_model import build_fr_model
-from components.training.checkpoint import fingerprint, load_checkpoint, save_checkpoint
+from components.training.checkpoint import fingerprint, load_checkpoint, save_checkpoint, weights_digest
 
 __all__ = ["AdvFaceConfig", "AdvFaceDefense", "AdvFaceSystem", "ShadowDecoder", "pgd_delta", "DEFENSE"]
 
@@ -230,9 +229,8 @@ def _train_shadow(ctx: DefenseContext, cfg: AdvFaceConfig, backbone: nn.Module,
     torch.manual_seed(ctx.seed)
     shadow = ShadowDecoder(dim, tuple(x_all.shape[-2:]), cfg.width).to(device)
     ckpt = None if ctx.checkpoint_dir is None else Path(ctx.checkpoint_dir) / "advface_shadow.pt"
-    weights = hashlib.sha256(b"".join(v.detach().cpu().numpy().tobytes() for v in backbone.state_dict().values()))
     key = fingerprint({"shadow": cfg.shadow_settings(), "seed": ctx.seed, "n": len(x_all), "dim": dim,
-                       "baseline": weights.hexdigest()[:16]})   # a retrained baseline invalidates the shadow
+                       "baseline": weights_digest(backbone)[:16]})   # a retrained baseline invalidates the shadow
     saved = load_checkpoint(ckpt) if ckpt is not None else None
     if saved is not None and saved.get("fingerprint") == key:
         shadow.load_state_dict(saved["shadow"])
@@ -265,10 +263,9 @@ def _train_generator(ctx: DefenseContext, cfg: AdvFaceConfig, backbone: nn.Modul
     generator = PerturbationNet(dim, cfg.eps, cfg.norm, cfg.gen_hidden).to(device)
     frozen = copy.deepcopy(shadow).to(device).eval().requires_grad_(False)
     ckpt = None if ctx.checkpoint_dir is None else Path(ctx.checkpoint_dir) / f"advface_generator_eps{cfg.eps:g}.pt"
-    shadow_hash = hashlib.sha256(b"".join(v.detach().cpu().numpy().tobytes() for v in shadow.state_dict().values()))
     key = fingerprint({"generator": {k: getattr(cfg, k) for k in ("eps", "norm", "gen_hidden", "gen_epochs", "gen_lr",
                                                                     "rec_weight", "batch_size", "augment")},
-                       "seed": ctx.seed, "shadow": shadow_hash.hexdigest()[:16]})
+                       "seed": ctx.seed, "shadow": weights_digest(shadow)[:16]})
     saved = load_checkpoint(ckpt) if ckpt is not None else None
     if saved is not None and saved.get("fingerprint") == key:
         generator.load_state_dict(saved["generator"])

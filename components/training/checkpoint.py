@@ -73,4 +73,11 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-__all__ = ["CHECKPOINT_NAME", "check_plain", "fingerprint", "load_checkpoint", "save_checkpoint"]
+def weights_digest(module: torch.nn.Module) -> str:
+    """sha256 (hex) of a module's state-dict tensors in order: a checkpoint keyed by it is
+    never reused for other weights (a retrained network upstream)."""
+    tensors = (v.detach().cpu().numpy().tobytes() for v in module.state_dict().values())
+    return hashlib.sha256(b"".join(tensors)).hexdigest()
+
+
+__all__ = ["CHECKPOINT_NAME", "check_plain", "fingerprint", "load_checkpoint", "save_checkpoint", "weights_digest"]

@@ -52,7 +52,7 @@ from components.defenses.facemae.irm import IRMLoss
 from components.defenses.facemae.mae import MaskedAutoencoder
 from components.metrics.embeddings import to_model_tensor
 from components.models.fr_model import FRModel, build_fr_model, make_spec, train_fr_model
-from components.training.checkpoint import fingerprint, load_checkpoint, save_checkpoint
+from components.training.checkpoint import fingerprint, load_checkpoint, save_checkpoint, weights_digest
 from components.training.loop import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -392,8 +392,7 @@ class FaceMAEDefense:
         """train_mae, or its saved result when the checkpoint matches this exact run."""
         fp = fingerprint({"cfg": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "fr_train"},
                           "seed": seed, "mae": mae.spec(), "images": sha256_images(images),
-                          "irm_net": hashlib.sha256(b"".join(t.detach().cpu().numpy().tobytes() for t in
-                                                             public_fr.backbone.state_dict().values())).hexdigest()})
+                          "irm_net": weights_digest(public_fr.backbone)})
         path = None if ctx.checkpoint_dir is None else Path(ctx.checkpoint_dir) / "mae.pt"
         saved = load_checkpoint(path) if path is not None else None
         if saved is not None and saved.get("fingerprint") == fp:
